@@ -1,0 +1,2 @@
+//! FileBlobs: TODO (helper)
+pub struct FileBlobs;

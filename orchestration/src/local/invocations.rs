@@ -1,0 +1,3 @@
+//! InvocationLog: TODO
+pub struct InvocationLog;
+pub struct InvocationRecord;

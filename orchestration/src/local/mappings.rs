@@ -1,0 +1,2 @@
+//! SqliteMappings: TODO (helper)
+pub struct SqliteMappings;

@@ -1,0 +1,40 @@
+//! The embedded engine's adapters: the port traits on SQLite and local files, and the local
+//! event-source-mapping runtime that plays the part of Lambda's pollers.
+
+pub mod blobs;
+pub mod invocations;
+pub mod mappings;
+pub mod queues;
+pub mod runtime;
+pub mod store;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use blobs::FileBlobs;
+pub use invocations::{InvocationLog, InvocationRecord};
+pub use mappings::SqliteMappings;
+pub use queues::SqliteQueues;
+pub use store::SqliteJobStore;
+
+/// Opens a SQLite database the way every embedded adapter wants it: WAL (readers never block
+/// the writer; a kill -9 loses nothing committed), `synchronous=NORMAL` (durable across
+/// process crashes, which is what the engine promises), and a generous busy timeout so
+/// several processes can share one state directory.
+pub fn open_sqlite(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

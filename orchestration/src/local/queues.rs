@@ -1,0 +1,2 @@
+//! SqliteQueues: TODO (helper)
+pub struct SqliteQueues;

@@ -1,0 +1,2 @@
+//! SqliteJobStore: TODO (helper)
+pub struct SqliteJobStore;
