@@ -1,8 +1,34 @@
 //! sluice orchestration: everything that is not an entry point.
 //!
 //! Codemap:
+//! - [`job`]: requests, validation, the job id, the job lifecycle.
+//! - [`flow`]: flows (ordered stages), the Lambda functions, the job-type registry.
+//! - [`jobs`]: the job types sluice ships (`wordcount`).
+//! - [`components`]: reusable sources, transforms and reduces.
+//! - [`envelope`]: the message every stage queue carries; claim-checks for large payloads.
+//! - [`policy`]: scaling policies, pure functions from observation to levers.
+//! - [`ledger`]: exactly-once aggregation (partition markers + aggregate in one transaction).
+//! - [`record`]: the stored job record and the store's key layout.
+//! - [`services`]: settings and the ports bundle handed to every handler; the tick message.
+//! - [`faults`]: fault injection (`duplicate`, `crash`, `daemon-crash`, `poison`).
+//! - [`submit`]: one job per request (conditional create; join, cache or restart).
+//! - [`worker`]: stage batch handling (`SqsEvent` in, `SqsBatchResponse` out).
+//! - [`daemon`]: the per-job daemon, one tick at a time, fenced by a lease.
 //! - [`ports`]: the capabilities the core needs (`JobStore`, `Queues`, `Blobs`, `Mappings`).
 //! - [`local`]: the embedded engine's adapters on SQLite and files, and the local ESM runtime.
 
-pub mod ports;
+pub mod components;
+pub mod daemon;
+pub mod envelope;
+pub mod faults;
+pub mod flow;
+pub mod job;
+pub mod jobs;
+pub mod ledger;
 pub mod local;
+pub mod policy;
+pub mod ports;
+pub mod record;
+pub mod services;
+pub mod submit;
+pub mod worker;

@@ -108,8 +108,12 @@ pub enum StoreError {
 pub trait JobStore: Send + Sync {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
     /// Writes the item and returns its new version.
-    async fn put(&self, key: &Key, attrs: Attributes, condition: Condition)
-        -> Result<u64, StoreError>;
+    async fn put(
+        &self,
+        key: &Key,
+        attrs: Attributes,
+        condition: Condition,
+    ) -> Result<u64, StoreError>;
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError>;
     /// All-or-nothing; at most [`MAX_TRANSACTION_ITEMS`] ops, each key at most once.
     async fn transact(&self, ops: Vec<TxOp>) -> Result<(), StoreError>;
@@ -282,8 +286,11 @@ pub trait Mappings: Send + Sync {
         config: MappingConfig,
         tags: std::collections::BTreeMap<String, String>,
     ) -> Result<Mapping, MappingError>;
-    async fn update_mapping(&self, id: &str, config: MappingConfig)
-        -> Result<Mapping, MappingError>;
+    async fn update_mapping(
+        &self,
+        id: &str,
+        config: MappingConfig,
+    ) -> Result<Mapping, MappingError>;
     /// Deleting a mapping that does not exist succeeds.
     async fn delete_mapping(&self, id: &str) -> Result<(), MappingError>;
     /// Mappings, optionally only those reading `queue_url`.

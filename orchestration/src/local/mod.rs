@@ -2,6 +2,7 @@
 //! event-source-mapping runtime that plays the part of Lambda's pollers.
 
 pub mod blobs;
+pub mod engine;
 pub mod invocations;
 pub mod mappings;
 pub mod queues;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use blobs::FileBlobs;
+pub use engine::{Engine, EngineOptions};
 pub use invocations::{InvocationLog, InvocationRecord};
 pub use mappings::SqliteMappings;
 pub use queues::SqliteQueues;

@@ -1,0 +1,928 @@
+//! The per-job daemon, run as ticks on the control queue. A tick takes the job's lease,
+//! then observes, decides and acts: provision the job's queues and mappings, plan the source,
+//! collect dead-lettered partitions, detect completion exactly, apply the policy, and tear
+//! everything down at the end. Every write to the job record is fenced by the lease epoch,
+//! so a daemon that stalls or dies is replaced and can no longer write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use rand::Rng;
+use serde_json::json;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::components::SourceContext;
+use crate::envelope::Envelope;
+use crate::flow::{Flow, Step};
+use crate::job::JobStatus;
+use crate::ledger::{Ledger, LedgerError};
+use crate::policy::{Observation, StageObservation};
+use crate::ports::{
+    BlobError, DeadLetter, MappingError, OutgoingMessage, QueueError, QueueSpec, StoreError,
+};
+use crate::record::{self, JobRecord, Lease, Outcome, StageRecord, Versioned};
+use crate::services::{Services, Tick};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another daemon holds the lease")]
+    LeaseBusy,
+    #[error("fenced: another daemon took the job over")]
+    Fenced,
+    #[error("injected daemon crash at checkpoint {0}")]
+    InjectedCrash(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+    #[error("malformed tick: {0}")]
+    MalformedTick(String),
+}
+
+/// Places in a tick where an injected crash may strike.
+const CHECKPOINTS: u32 = 6;
+/// Dead-letter messages collected per tick at most (the rest wait for the next tick).
+const DLQ_DRAIN_PER_TICK: usize = 1_000;
+/// How long a nudge that found the lease busy waits before asking again.
+const BUSY_NUDGE_DELAY: Duration = Duration::from_secs(1);
+
+struct Crash {
+    at: Option<u32>,
+    passed: u32,
+}
+
+impl Crash {
+    fn checkpoint(&mut self) -> Result<(), DaemonError> {
+        let here = self.passed;
+        self.passed += 1;
+        if self.at == Some(here) {
+            return Err(DaemonError::InjectedCrash(here));
+        }
+        Ok(())
+    }
+}
+
+pub struct Daemon {
+    svc: Arc<Services>,
+}
+
+impl Daemon {
+    pub fn new(svc: Arc<Services>) -> Self {
+        Self { svc }
+    }
+
+    /// The Lambda handler for the control queue.
+    pub async fn handle(&self, event: SqsEvent) -> Result<SqsBatchResponse, DaemonError> {
+        let mut failures = Vec::new();
+        for message in event.records {
+            let id = message.message_id.unwrap_or_default();
+            let result = match serde_json::from_str::<Tick>(message.body.as_deref().unwrap_or("")) {
+                Ok(tick) => {
+                    let span = info_span!("tick", job_id = %tick.job, seq = ?tick.seq);
+                    self.tick(tick).instrument(span).await
+                }
+                Err(e) => Err(DaemonError::MalformedTick(e.to_string())),
+            };
+            match result {
+                Ok(()) => {}
+                Err(DaemonError::LeaseBusy) => failures.push(id),
+                Err(e) => {
+                    warn!(message_id = %id, error = %e, "tick failed");
+                    failures.push(id);
+                }
+            }
+        }
+        let mut response = SqsBatchResponse::default();
+        response.set_failures(failures);
+        Ok(response)
+    }
+
+    pub async fn tick(&self, tick: Tick) -> Result<(), DaemonError> {
+        let svc = &self.svc;
+        let mut crash = Crash {
+            at: svc.faults.daemon_crash_at(CHECKPOINTS),
+            passed: 0,
+        };
+        let Some(Versioned {
+            record: rec,
+            version,
+        }) = record::load(svc.store.as_ref(), &tick.job).await?
+        else {
+            return Ok(());
+        };
+        if tick.seq.is_some_and(|seq| seq != rec.tick_seq) {
+            return Ok(()); // a stale link of the chain: a newer one carries on
+        }
+        if rec.status.is_terminal() && rec.torn_down {
+            return Ok(());
+        }
+        let now = svc.clock.now_ms();
+        if rec.lease.expires_ms > now {
+            return match tick.seq {
+                // The chain tick must not be lost: fail it, so it is redelivered.
+                Some(_) => Err(DaemonError::LeaseBusy),
+                None => {
+                    svc.send_tick(&tick, BUSY_NUDGE_DELAY).await?;
+                    Ok(())
+                }
+            };
+        }
+        let chain_timeout = svc.settings.tick_interval.as_millis() as u64 * 4
+            + svc.settings.lease_ttl.as_millis() as u64 * 2;
+        let restart_chain =
+            tick.seq.is_none() && now.saturating_sub(rec.last_tick_ms) > chain_timeout;
+        let owner = format!("{:016x}", rand::rng().random::<u64>());
+        let lease = Lease {
+            owner,
+            epoch: rec.lease.epoch + 1,
+            expires_ms: now + svc.settings.lease_ttl.as_millis() as u64,
+        };
+        let mut taken = rec.clone();
+        taken.lease = lease.clone();
+        let version = match record::save(svc.store.as_ref(), &taken, version).await {
+            Ok(v) => v,
+            Err(StoreError::ConditionFailed(_)) if tick.seq.is_some() => {
+                return Err(DaemonError::LeaseBusy)
+            }
+            Err(StoreError::ConditionFailed(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut job = Fenced {
+            svc: svc.clone(),
+            rec: taken,
+            version,
+            lease,
+        };
+        crash.checkpoint()?;
+        job.step(&mut crash).await?;
+        crash.checkpoint()?;
+
+        let finished = job.rec.status.is_terminal() && job.rec.torn_down;
+        if !finished && (tick.seq.is_some() || restart_chain) {
+            // Send the next link before recording it: if we die in between, this tick is
+            // redelivered (its seq still current) and the unrecorded link is dropped as stale.
+            let next = job.rec.tick_seq + 1;
+            svc.send_tick(
+                &Tick {
+                    job: tick.job.clone(),
+                    seq: Some(next),
+                },
+                svc.settings.tick_interval,
+            )
+            .await?;
+            let now = svc.clock.now_ms();
+            job.update(|r| {
+                r.tick_seq = next;
+                r.last_tick_ms = now;
+                r.lease.expires_ms = 0;
+            })
+            .await
+        } else {
+            job.update(|r| r.lease.expires_ms = 0).await
+        }
+    }
+}
+
+/// A job record held under a lease: every write is conditional on the version read, and a
+/// conflicting write by a newer lease holder fences this one out.
+struct Fenced {
+    svc: Arc<Services>,
+    rec: JobRecord,
+    version: u64,
+    lease: Lease,
+}
+
+impl Fenced {
+    async fn update(&mut self, change: impl Fn(&mut JobRecord)) -> Result<(), DaemonError> {
+        let store = self.svc.store.as_ref();
+        loop {
+            let mut next = self.rec.clone();
+            change(&mut next);
+            if next.lease.expires_ms != 0 {
+                next.lease.expires_ms =
+                    self.svc.clock.now_ms() + self.svc.settings.lease_ttl.as_millis() as u64;
+            }
+            match record::save(store, &next, self.version).await {
+                Ok(version) => {
+                    self.rec = next;
+                    self.version = version;
+                    return Ok(());
+                }
+                Err(StoreError::ConditionFailed(_)) => {
+                    // Someone else wrote: a newer daemon (fenced) or a user (cancel): re-read.
+                    let Some(current) = record::load(store, &self.rec.id).await? else {
+                        return Err(DaemonError::Fenced);
+                    };
+                    if current.record.lease.epoch != self.lease.epoch
+                        || current.record.lease.owner != self.lease.owner
+                    {
+                        return Err(DaemonError::Fenced);
+                    }
+                    self.rec = current.record;
+                    self.version = current.version;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn ledger(&self) -> Ledger<'_> {
+        Ledger {
+            store: self.svc.store.as_ref(),
+            job: self.rec.id.as_str(),
+            attempt: self.rec.attempt,
+            shards: self.svc.settings.aggregate_shards,
+        }
+    }
+
+    fn queue_name(&self, stage: &str) -> String {
+        format!(
+            "{}-{}-{}-{stage}",
+            self.svc.settings.prefix,
+            self.rec.id.short(),
+            self.rec.attempt
+        )
+    }
+
+    async fn step(&mut self, crash: &mut Crash) -> Result<(), DaemonError> {
+        if self.rec.status.is_terminal() {
+            return self.teardown().await;
+        }
+        let flow = match self.svc.registry.flow(&self.rec.request) {
+            Ok(flow) => flow,
+            Err(e) => {
+                return self
+                    .finish(JobStatus::Failed, None, Some(format!("invalid job: {e}")))
+                    .await
+            }
+        };
+        if self.rec.cancel_requested {
+            return self
+                .finish(JobStatus::Cancelled, None, Some("cancelled".into()))
+                .await;
+        }
+        self.provision(&flow).await?;
+        crash.checkpoint()?;
+        if !self.rec.planned {
+            self.plan(&flow).await?;
+            crash.checkpoint()?;
+        }
+        self.drain_dead_letters(&flow).await?;
+        crash.checkpoint()?;
+        if self.rec.planned {
+            if let Some((reduced, dead)) = self.completion().await? {
+                return self.complete(&flow, reduced, dead).await;
+            }
+        }
+        self.apply_policy(&flow).await
+    }
+
+    async fn provision(&mut self, flow: &Flow) -> Result<(), DaemonError> {
+        let queues = self.svc.queues.clone();
+        let settings = &self.svc.settings;
+        if self.rec.dlq_url.is_none() || self.rec.stages.len() != flow.stages.len() {
+            let dlq_url = queues
+                .create_queue(&QueueSpec {
+                    name: self.queue_name("dlq"),
+                    // Long enough that the daemon's reads of the DLQ never see a repeat.
+                    visibility_timeout: Duration::from_secs(60),
+                    dead_letter: None,
+                })
+                .await?;
+            let mut stages = Vec::with_capacity(flow.stages.len());
+            for stage in &flow.stages {
+                let queue_url = queues
+                    .create_queue(&QueueSpec {
+                        name: self.queue_name(&stage.name),
+                        visibility_timeout: settings.stage_visibility,
+                        dead_letter: Some(DeadLetter {
+                            queue_url: dlq_url.clone(),
+                            max_receive_count: settings.max_receive_count,
+                        }),
+                    })
+                    .await?;
+                stages.push(StageRecord {
+                    name: stage.name.clone(),
+                    function: stage.function,
+                    queue_url,
+                    mapping_id: None,
+                    levers: None,
+                });
+            }
+            let now = self.svc.clock.now_ms();
+            self.update(move |r| {
+                r.dlq_url = Some(dlq_url.clone());
+                r.stages = stages.clone();
+                r.status = JobStatus::Running;
+                r.started_ms.get_or_insert(now);
+            })
+            .await?;
+            info!(job_id = %self.rec.id, attempt = self.rec.attempt, "provisioned queues");
+        }
+        if self.rec.stages.iter().any(|s| s.mapping_id.is_none()) {
+            let levers = self
+                .rec
+                .policy
+                .decide(&self.observation(flow, false).await?);
+            let mut stages = self.rec.stages.clone();
+            for (stage, levers) in stages.iter_mut().zip(levers) {
+                if stage.mapping_id.is_some() {
+                    continue;
+                }
+                // A mapping created by a tick that died before recording it is found again.
+                let existing = self
+                    .svc
+                    .mappings
+                    .list_mappings(Some(&stage.queue_url))
+                    .await?;
+                let mapping = match existing
+                    .into_iter()
+                    .find(|m| m.function == stage.function.as_str())
+                {
+                    Some(m) => m,
+                    None => {
+                        let tags = BTreeMap::from([
+                            ("sluice:job".to_owned(), self.rec.id.to_string()),
+                            ("sluice:attempt".to_owned(), self.rec.attempt.to_string()),
+                            ("sluice:stage".to_owned(), stage.name.clone()),
+                        ]);
+                        self.svc
+                            .mappings
+                            .create_mapping(
+                                &stage.queue_url,
+                                stage.function.as_str(),
+                                levers.mapping_config(),
+                                tags,
+                            )
+                            .await?
+                    }
+                };
+                stage.mapping_id = Some(mapping.id);
+                stage.levers = Some(levers);
+            }
+            self.update(move |r| r.stages = stages.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn plan(&mut self, flow: &Flow) -> Result<(), DaemonError> {
+        let Some(source) = flow.source() else {
+            return self
+                .finish(JobStatus::Failed, None, Some("flow has no source".into()))
+                .await;
+        };
+        let ctx = SourceContext {
+            blobs: self.svc.blobs.clone(),
+        };
+        let plan = match source.plan(&ctx).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                return self
+                    .finish(
+                        JobStatus::Failed,
+                        None,
+                        Some(format!("planning failed: {e}")),
+                    )
+                    .await
+            }
+        };
+        let total = plan.total_partitions;
+        self.update(|r| r.total_partitions = Some(total)).await?;
+        let (Some(feed), Some(first)) = (self.rec.stages.first(), flow.stages.first()) else {
+            return Ok(());
+        };
+        let mut messages = Vec::with_capacity(plan.tasks.len());
+        for task in &plan.tasks {
+            let envelope = Envelope {
+                job: self.rec.id.to_string(),
+                attempt: self.rec.attempt,
+                stage: first.name.clone(),
+                partition: task.first,
+                payload: Some(json!(task)),
+                payload_ref: None,
+            };
+            messages.push(OutgoingMessage::new(
+                envelope.encode(self.svc.blobs.as_ref()).await?,
+            ));
+        }
+        // Re-sent in full if we die before recording `planned`: the ledger drops repeats.
+        self.svc.queues.send(&feed.queue_url, messages).await?;
+        self.update(|r| r.planned = true).await?;
+        info!(job_id = %self.rec.id, total_partitions = total, tasks = plan.tasks.len(), "planned");
+        Ok(())
+    }
+
+    /// Moves dead-lettered messages into the ledger's dead set (and the blob store, for
+    /// people to inspect), then deletes them from the DLQ.
+    async fn drain_dead_letters(&mut self, flow: &Flow) -> Result<(), DaemonError> {
+        let Some(dlq) = self.rec.dlq_url.clone() else {
+            return Ok(());
+        };
+        let mut drained = 0;
+        while drained < DLQ_DRAIN_PER_TICK {
+            let batch = self
+                .svc
+                .queues
+                .receive(&dlq, 10, Duration::ZERO, None)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            drained += batch.len();
+            let mut partitions = Vec::new();
+            for m in &batch {
+                match Envelope::parse(&m.body) {
+                    Ok(env) => {
+                        let is_source = matches!(
+                            flow.stage(&env.stage).map(|(_, s)| &s.step),
+                            Some(Step::Source(_))
+                        );
+                        let count = if is_source {
+                            env.payload
+                                .as_ref()
+                                .and_then(|p| p.get("count"))
+                                .and_then(|c| c.as_u64())
+                                .unwrap_or(1)
+                        } else {
+                            1
+                        };
+                        warn!(job_id = %self.rec.id, stage = %env.stage, partition = env.partition, count, "dead-lettered");
+                        partitions.extend(env.partition..env.partition.saturating_add(count));
+                    }
+                    Err(e) => warn!(job_id = %self.rec.id, error = %e, "unreadable dead letter"),
+                }
+                let key = format!(
+                    "dead/{}/{}/{}.json",
+                    self.rec.id, self.rec.attempt, m.message_id
+                );
+                self.svc
+                    .blobs
+                    .put(&key, m.body.clone().into_bytes())
+                    .await?;
+            }
+            self.ledger().record_dead(partitions).await?;
+            self.svc
+                .queues
+                .delete(&dlq, batch.into_iter().map(|m| m.receipt_handle).collect())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Exact completion: the ledger's reduced partitions plus the dead-lettered partitions
+    /// that were never reduced equal the planned total. Returns them when that holds.
+    async fn completion(&self) -> Result<Option<(u64, Vec<u64>)>, DaemonError> {
+        let Some(total) = self.rec.total_partitions else {
+            return Ok(None);
+        };
+        let ledger = self.ledger();
+        let reduced = ledger.reduced_count().await?;
+        let dead_all = ledger.dead_partitions().await?;
+        if reduced + (dead_all.len() as u64) < total {
+            return Ok(None);
+        }
+        let mut dead = Vec::new();
+        for p in dead_all {
+            if p < total && !ledger.is_reduced(p).await? {
+                dead.push(p);
+            }
+        }
+        Ok((reduced + dead.len() as u64 == total).then_some((reduced, dead)))
+    }
+
+    async fn complete(
+        &mut self,
+        flow: &Flow,
+        reduced: u64,
+        dead: Vec<u64>,
+    ) -> Result<(), DaemonError> {
+        let Some(reduce) = flow.reduce() else {
+            return self
+                .finish(JobStatus::Failed, None, Some("flow has no reduce".into()))
+                .await;
+        };
+        let (_, aggregate) = self.ledger().totals(reduce.as_ref()).await?;
+        let total = self.rec.total_partitions.unwrap_or(0);
+        let coverage = if total == 0 {
+            1.0
+        } else {
+            reduced as f64 / total as f64
+        };
+        let outcome = Outcome {
+            result: Some(aggregate),
+            total_partitions: total,
+            reduced_partitions: reduced,
+            coverage,
+            dead_partitions: dead.clone(),
+            error: None,
+        };
+        if dead.is_empty() || coverage >= self.rec.min_coverage {
+            return self.finish_with(JobStatus::Done, outcome).await;
+        }
+        const SHOWN: usize = 20;
+        let shown: Vec<String> = dead.iter().take(SHOWN).map(u64::to_string).collect();
+        let more = if dead.len() > SHOWN {
+            format!(" and {} more", dead.len() - SHOWN)
+        } else {
+            String::new()
+        };
+        let error = format!(
+            "{} of {total} partitions were dead-lettered (partitions {}{more}); coverage {coverage:.4} is below min_coverage {}",
+            dead.len(),
+            shown.join(", "),
+            self.rec.min_coverage
+        );
+        self.finish_with(
+            JobStatus::Failed,
+            Outcome {
+                error: Some(error),
+                ..outcome
+            },
+        )
+        .await
+    }
+
+    async fn finish(
+        &mut self,
+        status: JobStatus,
+        result: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> Result<(), DaemonError> {
+        let total = self.rec.total_partitions.unwrap_or(0);
+        let outcome = Outcome {
+            result,
+            total_partitions: total,
+            reduced_partitions: 0,
+            coverage: 0.0,
+            dead_partitions: Vec::new(),
+            error,
+        };
+        self.finish_with(status, outcome).await
+    }
+
+    async fn finish_with(
+        &mut self,
+        status: JobStatus,
+        outcome: Outcome,
+    ) -> Result<(), DaemonError> {
+        let document = json!({
+            "job_id": self.rec.id,
+            "request": self.rec.request,
+            "status": status,
+            "outcome": outcome,
+        });
+        let bytes = serde_json::to_vec_pretty(&document).unwrap_or_default();
+        self.svc
+            .blobs
+            .put(&format!("results/{}.json", self.rec.id), bytes)
+            .await?;
+        let now = self.svc.clock.now_ms();
+        self.update(|r| {
+            r.status = status;
+            r.outcome = Some(outcome.clone());
+            r.finished_ms = Some(now);
+        })
+        .await?;
+        info!(job_id = %self.rec.id, %status, coverage = outcome.coverage, "job finished");
+        self.teardown().await
+    }
+
+    /// Deletes the job's mappings, queues and claim-checked payloads. Idempotent.
+    async fn teardown(&mut self) -> Result<(), DaemonError> {
+        if self.rec.torn_down {
+            return Ok(());
+        }
+        for stage in &self.rec.stages {
+            for m in self
+                .svc
+                .mappings
+                .list_mappings(Some(&stage.queue_url))
+                .await?
+            {
+                self.svc.mappings.delete_mapping(&m.id).await?;
+            }
+            if let Some(id) = &stage.mapping_id {
+                self.svc.mappings.delete_mapping(id).await?;
+            }
+        }
+        for stage in &self.rec.stages {
+            self.svc.queues.delete_queue(&stage.queue_url).await?;
+        }
+        if let Some(dlq) = &self.rec.dlq_url {
+            self.svc.queues.delete_queue(dlq).await?;
+        }
+        let prefix = format!("payloads/{}/{}/", self.rec.id, self.rec.attempt);
+        for key in self.svc.blobs.list(&prefix).await? {
+            self.svc.blobs.delete(&key).await?;
+        }
+        self.update(|r| r.torn_down = true).await?;
+        info!(job_id = %self.rec.id, "torn down");
+        Ok(())
+    }
+
+    async fn observation(
+        &self,
+        flow: &Flow,
+        with_counts: bool,
+    ) -> Result<Observation, DaemonError> {
+        let mut stages = Vec::with_capacity(self.rec.stages.len());
+        for (record, stage) in self.rec.stages.iter().zip(&flow.stages) {
+            let counts = if with_counts {
+                self.svc.queues.counts(&record.queue_url).await?
+            } else {
+                Default::default()
+            };
+            stages.push(StageObservation {
+                name: record.name.clone(),
+                is_source: matches!(stage.step, Step::Source(_)),
+                counts,
+            });
+        }
+        Ok(Observation {
+            job_size: flow.size,
+            total_partitions: self.rec.total_partitions,
+            stages,
+        })
+    }
+
+    async fn apply_policy(&mut self, flow: &Flow) -> Result<(), DaemonError> {
+        let decision = self.rec.policy.decide(&self.observation(flow, true).await?);
+        let mut stages = self.rec.stages.clone();
+        let mut changed = false;
+        for (stage, levers) in stages.iter_mut().zip(decision) {
+            let (Some(id), false) = (&stage.mapping_id, stage.levers == Some(levers)) else {
+                continue;
+            };
+            self.svc
+                .mappings
+                .update_mapping(id, levers.mapping_config())
+                .await?;
+            stage.levers = Some(levers);
+            changed = true;
+        }
+        if changed {
+            self.update(move |r| r.stages = stages.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::faults::Faults;
+    use crate::flow::Registry;
+    use crate::job::JobRequest;
+    use crate::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
+    use crate::ports::{Clock, QueueSpec, Queues};
+    use crate::services::Settings;
+    use crate::submit::{submit, SubmitOptions};
+
+    struct ManualClock(AtomicU64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn services(dir: &std::path::Path, clock: Arc<ManualClock>) -> Arc<Services> {
+        let queues = Arc::new(SqliteQueues::open(&dir.join("q.db")).unwrap());
+        let control = queues
+            .create_queue(&QueueSpec {
+                name: "control".into(),
+                visibility_timeout: Duration::from_secs(1),
+                dead_letter: None,
+            })
+            .await
+            .unwrap();
+        Arc::new(Services {
+            store: Arc::new(SqliteJobStore::open(&dir.join("s.db")).unwrap()),
+            queues,
+            blobs: Arc::new(FileBlobs::open(dir.join("blobs")).unwrap()),
+            mappings: Arc::new(SqliteMappings::open(&dir.join("m.db")).unwrap()),
+            clock,
+            registry: Registry::default(),
+            settings: Settings {
+                control_queue_url: control,
+                ..Settings::default()
+            },
+            faults: Faults::default(),
+        })
+    }
+
+    async fn job(svc: &Services) -> crate::job::JobId {
+        let request = JobRequest {
+            job_type: "wordcount".into(),
+            params: json!({"messages": 50}),
+        };
+        submit(svc, &request, &SubmitOptions::default())
+            .await
+            .unwrap()
+            .id
+    }
+
+    #[tokio::test]
+    async fn a_zombie_daemon_is_fenced_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+        let svc = services(dir.path(), clock.clone()).await;
+        let id = job(&svc).await;
+        let v = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Daemon A takes the lease...
+        let lease_a = Lease {
+            owner: "a".into(),
+            epoch: 1,
+            expires_ms: 1_002_000,
+        };
+        let mut rec = v.record.clone();
+        rec.lease = lease_a.clone();
+        let version = record::save(svc.store.as_ref(), &rec, v.version)
+            .await
+            .unwrap();
+        let mut zombie = Fenced {
+            svc: svc.clone(),
+            rec: rec.clone(),
+            version,
+            lease: lease_a,
+        };
+        // ...stalls past its lease, and daemon B takes over with a higher epoch.
+        rec.lease = Lease {
+            owner: "b".into(),
+            epoch: 2,
+            expires_ms: 1_010_000,
+        };
+        record::save(svc.store.as_ref(), &rec, version)
+            .await
+            .unwrap();
+
+        let err = zombie.update(|r| r.planned = true).await.unwrap_err();
+        assert!(matches!(err, DaemonError::Fenced), "{err}");
+        let now = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        assert!(!now.planned, "the zombie's write did not land");
+        assert_eq!(now.lease.owner, "b");
+    }
+
+    #[tokio::test]
+    async fn a_write_by_someone_else_is_merged_not_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+        let svc = services(dir.path(), clock.clone()).await;
+        let id = job(&svc).await;
+        let v = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let lease = Lease {
+            owner: "a".into(),
+            epoch: 1,
+            expires_ms: 1_002_000,
+        };
+        let mut rec = v.record.clone();
+        rec.lease = lease.clone();
+        let version = record::save(svc.store.as_ref(), &rec, v.version)
+            .await
+            .unwrap();
+        let mut daemon = Fenced {
+            svc: svc.clone(),
+            rec: rec.clone(),
+            version,
+            lease,
+        };
+        // A user cancels meanwhile (same lease, new version).
+        rec.cancel_requested = true;
+        record::save(svc.store.as_ref(), &rec, version)
+            .await
+            .unwrap();
+        daemon.update(|r| r.planned = true).await.unwrap();
+        let now = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        assert!(now.planned && now.cancel_requested, "both writes kept");
+    }
+
+    #[tokio::test]
+    async fn a_crashed_daemons_lease_is_taken_over_after_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+        let svc = services(dir.path(), clock.clone()).await;
+        let id = job(&svc).await;
+        // A daemon died mid-tick holding the lease.
+        let v = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rec = v.record.clone();
+        rec.lease = Lease {
+            owner: "dead".into(),
+            epoch: 4,
+            expires_ms: 1_002_000,
+        };
+        record::save(svc.store.as_ref(), &rec, v.version)
+            .await
+            .unwrap();
+
+        let daemon = Daemon::new(svc.clone());
+        let tick = Tick {
+            job: id.clone(),
+            seq: Some(0),
+        };
+        let busy = daemon.tick(tick.clone()).await.unwrap_err();
+        assert!(matches!(busy, DaemonError::LeaseBusy));
+
+        clock.0.store(1_002_001, Ordering::SeqCst);
+        daemon.tick(tick.clone()).await.unwrap();
+        let now = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        assert_eq!(now.lease.epoch, 5, "taken over with a higher epoch");
+        assert_eq!(now.lease.expires_ms, 0, "released at the end of the tick");
+        assert_eq!(now.status, JobStatus::Running);
+        assert!(now.planned);
+        assert_eq!(now.tick_seq, 1, "the chain moved on");
+        assert_eq!(now.stages.len(), 4);
+        assert!(now.stages.iter().all(|s| s.mapping_id.is_some()));
+
+        // The redelivered old link of the chain is now stale and changes nothing.
+        daemon.tick(tick).await.unwrap();
+        let after = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        assert_eq!(after, now);
+    }
+
+    #[tokio::test]
+    async fn provisioning_is_idempotent_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+        let svc = services(dir.path(), clock.clone()).await;
+        let id = job(&svc).await;
+        let daemon = Daemon::new(svc.clone());
+        daemon
+            .tick(Tick {
+                job: id.clone(),
+                seq: Some(0),
+            })
+            .await
+            .unwrap();
+        // Forget the recorded mappings, as if a tick died after creating them.
+        let v = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rec = v.record.clone();
+        let before: Vec<_> = rec.stages.iter().map(|s| s.mapping_id.clone()).collect();
+        for s in &mut rec.stages {
+            s.mapping_id = None;
+        }
+        record::save(svc.store.as_ref(), &rec, v.version)
+            .await
+            .unwrap();
+        daemon
+            .tick(Tick {
+                job: id.clone(),
+                seq: Some(1),
+            })
+            .await
+            .unwrap();
+        let now = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        let after: Vec<_> = now.stages.iter().map(|s| s.mapping_id.clone()).collect();
+        assert_eq!(
+            before, after,
+            "the existing mappings were found, not duplicated"
+        );
+        assert_eq!(svc.mappings.list_mappings(None).await.unwrap().len(), 4);
+    }
+}

@@ -1,0 +1,217 @@
+//! Flows: a job type's ordered stages, and the registry of job types.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::components::{Reduce, Source, Transform};
+use crate::job::{JobId, JobRequest, ValidationError};
+
+/// The Lambda functions of a deployment. A stage runs in the function of its component's
+/// role; one function serves every job's stages of that role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Function {
+    Feed,
+    Filter,
+    Count,
+    Reduce,
+    Daemon,
+}
+
+impl Function {
+    pub const STAGE_FUNCTIONS: [Function; 4] =
+        [Self::Feed, Self::Filter, Self::Count, Self::Reduce];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Feed => "feed",
+            Self::Filter => "filter",
+            Self::Count => "count",
+            Self::Reduce => "reduce",
+            Self::Daemon => "daemon",
+        }
+    }
+}
+
+impl fmt::Display for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Function {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Self::Feed,
+            Self::Filter,
+            Self::Count,
+            Self::Reduce,
+            Self::Daemon,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+        .ok_or_else(|| format!("unknown function `{s}`"))
+    }
+}
+
+#[derive(Clone)]
+pub enum Step {
+    Source(Arc<dyn Source>),
+    Transform(Arc<dyn Transform>),
+    Reduce(Arc<dyn Reduce>),
+}
+
+#[derive(Clone)]
+pub struct Stage {
+    /// Unique within the flow; names the stage's queue.
+    pub name: String,
+    pub function: Function,
+    /// The component's name (`synthetic-text`, `word-count`, ...), for humans.
+    pub component: &'static str,
+    pub step: Step,
+}
+
+/// A validated job's pipeline: a source, transforms, and a reduce, in that order.
+#[derive(Clone)]
+pub struct Flow {
+    pub stages: Vec<Stage>,
+    /// The job's input size n (messages, records): what static policies scale with.
+    pub size: u64,
+}
+
+impl Flow {
+    pub fn stage(&self, name: &str) -> Option<(usize, &Stage)> {
+        self.stages.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
+        match self.stages.first().map(|s| &s.step) {
+            Some(Step::Source(source)) => Some(source),
+            _ => None,
+        }
+    }
+
+    pub fn reduce(&self) -> Option<&Arc<dyn Reduce>> {
+        match self.stages.last().map(|s| &s.step) {
+            Some(Step::Reduce(reduce)) => Some(reduce),
+            _ => None,
+        }
+    }
+}
+
+/// A kind of job: its parameters and its flow. Adding a job type means implementing this
+/// and listing it in [`Registry::default`]; the engine does not change.
+pub trait JobType: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Bump when the flow's output for the same params changes: it is part of the job id.
+    fn flow_version(&self) -> u32;
+    /// Checks the params and returns them normalized (defaults filled in).
+    fn normalize(&self, params: &Value) -> Result<Value, ValidationError>;
+    /// Builds the flow from normalized params.
+    fn flow(&self, params: &Value) -> Result<Flow, ValidationError>;
+}
+
+/// A request that passed validation: its normalized params and its id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidRequest {
+    pub request: JobRequest,
+    pub id: JobId,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    types: Vec<Arc<dyn JobType>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            types: vec![Arc::new(crate::jobs::Wordcount)],
+        }
+    }
+}
+
+impl Registry {
+    pub fn names(&self) -> Vec<&'static str> {
+        self.types.iter().map(|t| t.name()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn JobType>, ValidationError> {
+        self.types.iter().find(|t| t.name() == name).ok_or_else(|| {
+            ValidationError::new(
+                "type",
+                format!(
+                    "unknown job type `{name}`; known types: {}",
+                    self.names().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Validates a request and computes its id.
+    pub fn validate(&self, request: &JobRequest) -> Result<ValidRequest, ValidationError> {
+        let job_type = self.get(&request.job_type)?;
+        let params = job_type.normalize(&request.params)?;
+        let id = JobId::compute(job_type.name(), &params, job_type.flow_version());
+        Ok(ValidRequest {
+            request: JobRequest {
+                job_type: request.job_type.clone(),
+                params,
+            },
+            id,
+        })
+    }
+
+    /// The flow of an already validated (normalized) request.
+    pub fn flow(&self, request: &JobRequest) -> Result<Flow, ValidationError> {
+        self.get(&request.job_type)?.flow(&request.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_type_lists_known_ones() {
+        let err = Registry::default()
+            .validate(&JobRequest {
+                job_type: "nope".into(),
+                params: json!({}),
+            })
+            .unwrap_err();
+        assert_eq!(err.field, "type");
+        assert!(err.message.contains("wordcount"), "{err}");
+    }
+
+    #[test]
+    fn defaults_do_not_change_the_id() {
+        let r = Registry::default();
+        let a = r
+            .validate(&JobRequest {
+                job_type: "wordcount".into(),
+                params: json!({"messages": 10}),
+            })
+            .unwrap();
+        let b = r
+            .validate(&JobRequest {
+                job_type: "wordcount".into(),
+                params: json!({"messages": 10, "text": "the quick brown fox"}),
+            })
+            .unwrap();
+        assert_eq!(a.id, b.id);
+    }
+
+    #[test]
+    fn function_names_round_trip() {
+        for f in Function::STAGE_FUNCTIONS {
+            assert_eq!(f.as_str().parse::<Function>().unwrap(), f);
+        }
+    }
+}

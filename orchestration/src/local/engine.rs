@@ -1,0 +1,154 @@
+//! The embedded engine: every port on SQLite and files under one state directory, the
+//! static resources a deployment would have (control queue, its DLQ and its mapping to the
+//! daemon), and the local ESM runtime that invokes the same handlers Lambda would.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
+use crate::faults::Faults;
+use crate::flow::{Function, Registry};
+use crate::ports::{
+    BlobError, DeadLetter, MappingConfig, MappingError, Mappings, QueueError, QueueSpec, Queues,
+    StoreError, SystemClock,
+};
+use crate::services::{Services, Settings};
+use crate::worker::StageHandler;
+
+use super::invocations::{InvocationLog, LogError};
+use super::runtime::{EsmRuntime, RuntimeConfig};
+use super::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("state directory {0}: {1}")]
+    StateDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub faults: Faults,
+    pub settings: Option<Settings>,
+    pub runtime: RuntimeConfig,
+}
+
+pub struct Engine {
+    pub services: Arc<Services>,
+    pub log: InvocationLog,
+    mappings: Arc<SqliteMappings>,
+    runtime: RuntimeConfig,
+    state_dir: PathBuf,
+}
+
+pub const CONTROL_QUEUE: &str = "control";
+
+impl Engine {
+    /// Opens (or creates) the engine's state under `state_dir`. Call inside a Tokio runtime.
+    pub async fn open(state_dir: &Path, options: EngineOptions) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| EngineError::StateDir(state_dir.to_owned(), e))?;
+        let store = Arc::new(SqliteJobStore::open(&state_dir.join("store.db"))?);
+        let queues = Arc::new(SqliteQueues::open(&state_dir.join("queues.db"))?);
+        let blobs = Arc::new(FileBlobs::open(state_dir.join("blobs"))?);
+        let mappings = Arc::new(SqliteMappings::open(&state_dir.join("mappings.db"))?);
+        let log = InvocationLog::open(&state_dir.join("invocations.db"))?;
+        let mut settings = options.settings.unwrap_or_default();
+
+        // What `sam deploy` creates in AWS: the control queue, its DLQ, its mapping.
+        let control_dlq = queues
+            .create_queue(&QueueSpec {
+                name: format!("{}-{CONTROL_QUEUE}-dlq", settings.prefix),
+                visibility_timeout: Duration::from_secs(30),
+                dead_letter: None,
+            })
+            .await?;
+        settings.control_queue_url = queues
+            .create_queue(&QueueSpec {
+                name: format!("{}-{CONTROL_QUEUE}", settings.prefix),
+                // Short: a tick that died (or found the lease busy) is retried soon.
+                visibility_timeout: Duration::from_secs(1),
+                dead_letter: Some(DeadLetter {
+                    queue_url: control_dlq,
+                    // A chain tick waits out a dead daemon's lease by failing; give it room.
+                    max_receive_count: 100,
+                }),
+            })
+            .await?;
+        let control_mapping = MappingConfig {
+            batch_size: 10,
+            batching_window_secs: 0,
+            max_concurrency: 10,
+            enabled: true,
+        };
+        let existing = mappings
+            .list_mappings(Some(&settings.control_queue_url))
+            .await?;
+        if existing.is_empty() {
+            mappings
+                .create_mapping(
+                    &settings.control_queue_url,
+                    Function::Daemon.as_str(),
+                    control_mapping,
+                    Default::default(),
+                )
+                .await?;
+        }
+
+        let services = Arc::new(Services {
+            store,
+            queues,
+            blobs,
+            mappings: mappings.clone(),
+            clock: Arc::new(SystemClock),
+            registry: Registry::default(),
+            settings,
+            faults: options.faults,
+        });
+        Ok(Self {
+            services,
+            log,
+            mappings,
+            runtime: options.runtime,
+            state_dir: state_dir.to_owned(),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Runs the local ESM runtime (every stage function and the daemon) until `shutdown`.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let svc = &self.services;
+        let mut runtime = EsmRuntime::new(
+            svc.queues.clone(),
+            self.mappings.clone(),
+            Some(self.mappings.subscribe()),
+            self.log.clone(),
+            self.runtime.clone(),
+        );
+        for function in Function::STAGE_FUNCTIONS {
+            runtime.register(
+                function.as_str(),
+                Arc::new(StageHandler::new(svc.clone(), function)),
+            );
+        }
+        runtime.register(
+            Function::Daemon.as_str(),
+            Arc::new(Daemon::new(svc.clone())),
+        );
+        runtime.run(shutdown).await;
+    }
+}

@@ -1,0 +1,216 @@
+//! The stored job record and the keys of everything a job keeps in the [`JobStore`].
+//!
+//! Layout (one table, DynamoDB style):
+//! - `job#{id}` / `job`: the [`JobRecord`].
+//! - `run#{id}#{attempt}` / `p#{partition}`: ledger markers (one per reduced partition).
+//! - `run#{id}#{attempt}` / `agg#{shard}`: aggregate shards.
+//! - `run#{id}#{attempt}` / `dead#{partition}`: dead-lettered partitions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::flow::Function;
+use crate::job::{JobId, JobRequest, JobStatus};
+use crate::policy::{Levers, Policy};
+use crate::ports::{Attributes, Condition, JobStore, Key, StoreError};
+
+pub fn job_key(id: &JobId) -> Key {
+    Key::new(format!("job#{id}"), "job")
+}
+
+pub fn run_pk(id: &str, attempt: u32) -> String {
+    format!("run#{id}#{attempt}")
+}
+
+pub fn marker_key(id: &str, attempt: u32, partition: u64) -> Key {
+    Key::new(run_pk(id, attempt), format!("p#{partition:020}"))
+}
+
+pub fn shard_key(id: &str, attempt: u32, shard: u32) -> Key {
+    Key::new(run_pk(id, attempt), format!("agg#{shard:04}"))
+}
+
+pub fn dead_key(id: &str, attempt: u32, partition: u64) -> Key {
+    Key::new(run_pk(id, attempt), format!("dead#{partition:020}"))
+}
+
+/// A daemon lease: who may write the job record, until when, and the epoch that fences
+/// every write of a previous holder.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub epoch: u64,
+    pub expires_ms: u64,
+}
+
+/// The resources of one stage, as provisioned by the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub function: Function,
+    pub queue_url: String,
+    #[serde(default)]
+    pub mapping_id: Option<String>,
+    #[serde(default)]
+    pub levers: Option<Levers>,
+}
+
+/// How a finished job ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(default)]
+    pub result: Option<Value>,
+    pub total_partitions: u64,
+    pub reduced_partitions: u64,
+    /// reduced / total (1 for a job with no partitions).
+    pub coverage: f64,
+    /// Partitions that ended in the dead-letter queue and were never reduced.
+    #[serde(default)]
+    pub dead_partitions: Vec<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub request: JobRequest,
+    pub policy: Policy,
+    pub min_coverage: f64,
+    pub status: JobStatus,
+    /// Incremented when a failed or cancelled job is submitted again; names its resources.
+    pub attempt: u32,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    #[serde(default)]
+    pub lease: Lease,
+    /// Sequence of the periodic tick chain; a tick carrying another number is stale.
+    #[serde(default)]
+    pub tick_seq: u64,
+    /// When the chain last ticked: a nudge restarts a chain that went silent.
+    #[serde(default)]
+    pub last_tick_ms: u64,
+    #[serde(default)]
+    pub dlq_url: Option<String>,
+    #[serde(default)]
+    pub stages: Vec<StageRecord>,
+    #[serde(default)]
+    pub total_partitions: Option<u64>,
+    /// The source has sent every feed task: with the total known, completion can be judged.
+    #[serde(default)]
+    pub planned: bool,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Queues and mappings deleted after the job ended.
+    #[serde(default)]
+    pub torn_down: bool,
+}
+
+impl JobRecord {
+    pub fn new(
+        id: JobId,
+        request: JobRequest,
+        policy: Policy,
+        min_coverage: f64,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            request,
+            policy,
+            min_coverage,
+            status: JobStatus::Pending,
+            attempt: 1,
+            created_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            lease: Lease::default(),
+            tick_seq: 0,
+            last_tick_ms: now_ms,
+            dlq_url: None,
+            stages: Vec::new(),
+            total_partitions: None,
+            planned: false,
+            cancel_requested: false,
+            outcome: None,
+            torn_down: false,
+        }
+    }
+
+    /// Resets a failed or cancelled job for another attempt, keeping its identity.
+    pub fn restart(&mut self, policy: Policy, min_coverage: f64, now_ms: u64) {
+        let fresh = Self::new(
+            self.id.clone(),
+            self.request.clone(),
+            policy,
+            min_coverage,
+            now_ms,
+        );
+        *self = Self {
+            attempt: self.attempt + 1,
+            created_ms: self.created_ms,
+            lease: self.lease.clone(),
+            // A new chain: ticks of the old attempt become stale.
+            tick_seq: self.tick_seq + 1,
+            ..fresh
+        };
+    }
+
+    fn to_attrs(&self) -> Result<Attributes, StoreError> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(StoreError::Invalid("job record is not an object".into())),
+            Err(e) => Err(StoreError::Invalid(e.to_string())),
+        }
+    }
+}
+
+/// A job record and the store version it was read at.
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    pub record: JobRecord,
+    pub version: u64,
+}
+
+pub async fn load(store: &dyn JobStore, id: &JobId) -> Result<Option<Versioned>, StoreError> {
+    let Some(item) = store.get(&job_key(id)).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_value(Value::Object(item.attrs))
+        .map_err(|e| StoreError::Backend(format!("job record {id} is corrupt: {e}")))?;
+    Ok(Some(Versioned {
+        record,
+        version: item.version,
+    }))
+}
+
+/// Creates the record if no job with its id exists. Returns the new version.
+pub async fn create(store: &dyn JobStore, record: &JobRecord) -> Result<u64, StoreError> {
+    store
+        .put(
+            &job_key(&record.id),
+            record.to_attrs()?,
+            Condition::NotExists,
+        )
+        .await
+}
+
+/// Writes the record if it is still at `version` (optimistic lock). Returns the new version.
+pub async fn save(
+    store: &dyn JobStore,
+    record: &JobRecord,
+    version: u64,
+) -> Result<u64, StoreError> {
+    store
+        .put(
+            &job_key(&record.id),
+            record.to_attrs()?,
+            Condition::VersionIs(version),
+        )
+        .await
+}

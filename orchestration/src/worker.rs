@@ -1,0 +1,361 @@
+//! Stage batch handling: the function Lambda calls with an SQS batch (and the local runtime
+//! calls the same way). Each message is processed on its own; a message that fails becomes a
+//! batch item failure, never a failed batch, so one poison message cannot hold back the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use serde_json::Value;
+use tracing::{debug, warn, Instrument};
+
+use crate::components::{ComponentError, FeedTask, SourceContext};
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::faults::CrashPoint;
+use crate::flow::{Flow, Function, Step};
+use crate::job::JobId;
+use crate::ledger::{Ledger, LedgerError};
+use crate::ports::{OutgoingMessage, QueueError, StoreError};
+use crate::record;
+use crate::services::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Fault injection: the invocation "crashed". The whole batch is retried.
+    #[error("injected crash ({0:?})")]
+    InjectedCrash(CrashPoint),
+    #[error("message without a message id")]
+    MissingMessageId,
+}
+
+/// Why one message failed. Each becomes a batch item failure.
+#[derive(Debug, thiserror::Error)]
+enum ItemError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("stage `{0}` does not run in function `{1}`")]
+    WrongFunction(String, Function),
+    #[error("injected poison partition {0}")]
+    Poison(u64),
+    #[error("job {0}: {1}")]
+    Job(String, String),
+}
+
+/// What a job's messages need, loaded once per job attempt and cached.
+struct JobContext {
+    flow: Flow,
+    /// Queue URL of each stage.
+    queue: HashMap<String, String>,
+    /// Queue URL of the stage after each stage.
+    next_queue: HashMap<String, String>,
+}
+
+/// A partial for the reduce: (message id, partition, partial).
+type Partial = (String, u64, Value);
+
+/// What processing one message produced.
+enum Effect {
+    Send(String, Vec<OutgoingMessage>),
+    Reduce(u64, Value),
+    /// The message belongs to a job attempt that is gone: acknowledge it.
+    Drop,
+}
+
+/// Backoff step for failed messages: the n-th receive fails → visible again after n steps.
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
+pub struct StageHandler {
+    svc: Arc<Services>,
+    function: Function,
+    jobs: Mutex<HashMap<(String, u32), Arc<JobContext>>>,
+}
+
+impl StageHandler {
+    pub fn new(svc: Arc<Services>, function: Function) -> Self {
+        Self {
+            svc,
+            function,
+            jobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn function(&self) -> Function {
+        self.function
+    }
+
+    /// The Lambda handler: an SQS batch in, the ids of the failed messages out.
+    pub async fn handle(&self, event: SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
+        let crash = self.svc.faults.stage_crash();
+        if crash == Some(CrashPoint::BeforeEffects) {
+            return Err(HandlerError::InjectedCrash(CrashPoint::BeforeEffects));
+        }
+        let mut failures: Vec<String> = Vec::new();
+        let mut sends: HashMap<String, (Vec<String>, Vec<OutgoingMessage>)> = HashMap::new();
+        let mut reduces: HashMap<(String, u32), Vec<Partial>> = HashMap::new();
+
+        let mut retry: Vec<(String, String, u32)> = Vec::new(); // (message id, receipt, count)
+        for message in event.records {
+            let id = message
+                .message_id
+                .clone()
+                .ok_or(HandlerError::MissingMessageId)?;
+            let receipt = message.receipt_handle.clone().unwrap_or_default();
+            let receive_count = message
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            let span = tracing::debug_span!("message", function = %self.function, message_id = %id);
+            match self.process(message).instrument(span).await {
+                Ok((_, Effect::Drop)) => {}
+                Ok((_, Effect::Send(url, out))) => {
+                    let entry = sends.entry(url).or_default();
+                    entry.0.push(id);
+                    entry.1.extend(out);
+                }
+                Ok((env, Effect::Reduce(partition, partial))) => {
+                    reduces
+                        .entry((env.job, env.attempt))
+                        .or_default()
+                        .push((id, partition, partial));
+                }
+                Err((queue, e)) => {
+                    warn!(function = %self.function, message_id = %id, error = %e, "message failed");
+                    if let Some(queue) = queue {
+                        retry.push((queue, receipt, receive_count));
+                    }
+                    failures.push(id);
+                }
+            }
+        }
+
+        for (url, (ids, out)) in sends {
+            if let Err(e) = self.send(&url, out).await {
+                warn!(function = %self.function, error = %e, "sending to the next stage failed");
+                failures.extend(ids);
+            }
+        }
+        for ((job, attempt), items) in reduces {
+            if let Err(e) = self.reduce(&job, attempt, &items).await {
+                warn!(job = %job, error = %e, "ledger commit failed");
+                failures.extend(items.into_iter().map(|(id, _, _)| id));
+            }
+        }
+
+        self.back_off(retry).await;
+        if crash == Some(CrashPoint::AfterEffects) {
+            return Err(HandlerError::InjectedCrash(CrashPoint::AfterEffects));
+        }
+        let mut response = SqsBatchResponse::default();
+        response.set_failures(failures);
+        Ok(response)
+    }
+
+    async fn send(&self, url: &str, messages: Vec<OutgoingMessage>) -> Result<(), QueueError> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            if self.svc.faults.duplicate_message() {
+                out.push(m.clone());
+            }
+            out.push(m);
+        }
+        self.svc.queues.send(url, out).await
+    }
+
+    /// A failed message is retried sooner than its visibility timeout, a little later each
+    /// time (a common Lambda pattern: ChangeMessageVisibility on the failed items), so a
+    /// poison message reaches the DLQ in seconds and a transient failure is retried soon.
+    async fn back_off(&self, retry: Vec<(String, String, u32)>) {
+        let visibility = self.svc.settings.stage_visibility;
+        for (queue, receipt, count) in retry {
+            let delay = (RETRY_BACKOFF * count).min(visibility);
+            if let Err(e) = self
+                .svc
+                .queues
+                .change_visibility(&queue, &receipt, delay)
+                .await
+            {
+                debug!(error = %e, "could not shorten the visibility of a failed message");
+            }
+        }
+    }
+
+    async fn context(&self, job: &str, attempt: u32) -> Result<Option<Arc<JobContext>>, ItemError> {
+        let key = (job.to_owned(), attempt);
+        if let Some(ctx) = self.jobs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(ctx));
+        }
+        let id = JobId::parse(job).map_err(|e| ItemError::Job(job.into(), e.to_string()))?;
+        let Some(v) = record::load(self.svc.store.as_ref(), &id).await? else {
+            return Ok(None);
+        };
+        let rec = v.record;
+        if rec.attempt != attempt || rec.status.is_terminal() {
+            return Ok(None);
+        }
+        let flow = self
+            .svc
+            .registry
+            .flow(&rec.request)
+            .map_err(|e| ItemError::Job(job.into(), e.to_string()))?;
+        let next_queue = rec
+            .stages
+            .windows(2)
+            .map(|w| (w[0].name.clone(), w[1].queue_url.clone()))
+            .collect();
+        let queue = rec
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.queue_url.clone()))
+            .collect();
+        let ctx = Arc::new(JobContext {
+            flow,
+            queue,
+            next_queue,
+        });
+        if let Ok(mut jobs) = self.jobs.lock() {
+            // Bounded: a warm function serves few jobs at a time; forget them all when full.
+            if jobs.len() > 1024 {
+                jobs.clear();
+            }
+            jobs.insert(key, ctx.clone());
+        }
+        Ok(Some(ctx))
+    }
+
+    /// Processes one message; on failure also returns its queue's URL, when known.
+    async fn process(
+        &self,
+        message: SqsMessage,
+    ) -> Result<(Envelope, Effect), (Option<String>, ItemError)> {
+        let body = message.body.unwrap_or_default();
+        let env = Envelope::parse(&body).map_err(|e| (None, e.into()))?;
+        let ctx = match self.context(&env.job, env.attempt).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => {
+                debug!(job = %env.job, "job attempt gone; dropping message");
+                return Ok((env, Effect::Drop));
+            }
+            Err(e) => return Err((None, e)),
+        };
+        let queue = ctx.queue.get(&env.stage).cloned();
+        self.process_in(ctx, env).await.map_err(|e| (queue, e))
+    }
+
+    async fn process_in(
+        &self,
+        ctx: Arc<JobContext>,
+        mut env: Envelope,
+    ) -> Result<(Envelope, Effect), ItemError> {
+        let (index, stage) = ctx
+            .flow
+            .stage(&env.stage)
+            .ok_or_else(|| ItemError::Job(env.job.clone(), format!("no stage `{}`", env.stage)))?;
+        if stage.function != self.function {
+            return Err(ItemError::WrongFunction(env.stage.clone(), self.function));
+        }
+        if index > 0 && self.svc.faults.is_poison(env.partition) {
+            return Err(ItemError::Poison(env.partition));
+        }
+        let payload = env.take_payload(self.svc.blobs.as_ref()).await?;
+        let next = |env: &Envelope| {
+            ctx.next_queue.get(&env.stage).cloned().ok_or_else(|| {
+                ItemError::Job(
+                    env.job.clone(),
+                    format!("stage `{}` has no next queue", env.stage),
+                )
+            })
+        };
+        let next_stage = ctx.flow.stages.get(index + 1).map(|s| s.name.clone());
+        let forward = |partition: u64, payload: Value| Envelope {
+            job: env.job.clone(),
+            attempt: env.attempt,
+            stage: next_stage.clone().unwrap_or_default(),
+            partition,
+            payload: Some(payload),
+            payload_ref: None,
+        };
+        let effect = match &stage.step {
+            Step::Source(source) => {
+                let task: FeedTask = serde_json::from_value(payload)
+                    .map_err(|e| EnvelopeError::Malformed(format!("feed task: {e}")))?;
+                let ctx_source = SourceContext {
+                    blobs: self.svc.blobs.clone(),
+                };
+                let partitions = source.emit(&task, &ctx_source).await?;
+                let mut out = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    let body = forward(p.index, p.payload)
+                        .encode(self.svc.blobs.as_ref())
+                        .await?;
+                    out.push(OutgoingMessage::new(body));
+                }
+                Effect::Send(next(&env)?, out)
+            }
+            Step::Transform(transform) => {
+                let output = transform.apply(payload)?;
+                let body = forward(env.partition, output)
+                    .encode(self.svc.blobs.as_ref())
+                    .await?;
+                Effect::Send(next(&env)?, vec![OutgoingMessage::new(body)])
+            }
+            Step::Reduce(_) => Effect::Reduce(env.partition, payload),
+        };
+        Ok((env, effect))
+    }
+
+    async fn reduce(&self, job: &str, attempt: u32, items: &[Partial]) -> Result<(), ItemError> {
+        let ctx = self
+            .context(job, attempt)
+            .await?
+            .ok_or_else(|| ItemError::Job(job.into(), "gone".into()))?;
+        let reduce = ctx
+            .flow
+            .reduce()
+            .ok_or_else(|| ItemError::Job(job.into(), "flow has no reduce".into()))?;
+        let ledger = Ledger {
+            store: self.svc.store.as_ref(),
+            job,
+            attempt,
+            shards: self.svc.settings.aggregate_shards,
+        };
+        let partials = items.iter().map(|(_, p, v)| (*p, v.clone())).collect();
+        let outcome = ledger.commit(reduce.as_ref(), partials).await?;
+        debug!(
+            job,
+            attempt,
+            recorded = outcome.recorded,
+            duplicates = outcome.duplicates,
+            "reduced"
+        );
+        if outcome.recorded > 0 {
+            self.nudge_if_complete(job, &ledger).await?;
+        }
+        Ok(())
+    }
+
+    /// The reduce whose commit brings the count to the total wakes the daemon at once, so a
+    /// job never waits for the next periodic tick to finish.
+    async fn nudge_if_complete(&self, job: &str, ledger: &Ledger<'_>) -> Result<(), ItemError> {
+        let id = JobId::parse(job).map_err(|e| ItemError::Job(job.into(), e.to_string()))?;
+        let Some(v) = record::load(self.svc.store.as_ref(), &id).await? else {
+            return Ok(());
+        };
+        let (Some(total), true) = (v.record.total_partitions, v.record.planned) else {
+            return Ok(());
+        };
+        let reduced = ledger.reduced_count().await?;
+        if reduced >= total {
+            self.svc.nudge(&id).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! The result and summary of a finished job, for people or (`--json`) for programs.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use orchestration::job::{JobId, JobStatus};
+use orchestration::local::Engine;
+use orchestration::record;
+use serde_json::{json, Value};
+
+/// Prints the job's outcome; returns the process exit code (0 only for a done job).
+pub async fn finished(
+    engine: &Engine,
+    id: &JobId,
+    cached: bool,
+    wall: Duration,
+    as_json: bool,
+) -> Result<i32> {
+    let Some(v) = record::load(engine.services.store.as_ref(), id).await? else {
+        bail!("no job {id}");
+    };
+    let rec = v.record;
+    engine.log.flush().await;
+    let mut stages = engine.log.stats(id.as_str(), rec.attempt)?;
+    // Flow order, not alphabetical.
+    stages.sort_by_key(|s| rec.stages.iter().position(|r| r.name == s.stage));
+    let billed_ms: u64 = stages.iter().map(|s| s.billed_ms).sum();
+    let invocations: u64 = stages.iter().map(|s| s.invocations).sum();
+    let outcome = rec.outcome.clone();
+    let coverage = outcome.as_ref().map(|o| o.coverage);
+    let run_ms = match (rec.started_ms, rec.finished_ms) {
+        (Some(s), Some(f)) => Some(f.saturating_sub(s)),
+        _ => None,
+    };
+    let exit = if rec.status == JobStatus::Done { 0 } else { 1 };
+    if as_json {
+        let document = json!({
+            "job_id": id,
+            "status": rec.status,
+            "cached": cached,
+            "result": crate::result_value(&rec),
+            "coverage": coverage,
+            "dead_partitions": outcome.as_ref().map(|o| o.dead_partitions.clone()).unwrap_or_default(),
+            "error": outcome.as_ref().and_then(|o| o.error.clone()),
+            "stats": {
+                "wall_ms": wall.as_secs_f64() * 1e3,
+                "job_ms": run_ms,
+                "attempt": rec.attempt,
+                "policy": rec.policy,
+                "total_partitions": rec.total_partitions,
+                "invocations": invocations,
+                "billed_ms": billed_ms,
+                "stages": stages,
+            },
+        });
+        println!("{document}");
+        return Ok(exit);
+    }
+    println!("job {id}");
+    println!(
+        "  type       {} {}",
+        rec.request.job_type, rec.request.params
+    );
+    let how = if cached { " (cached)" } else { "" };
+    println!("  status     {}{how}", rec.status);
+    if let Some(o) = &outcome {
+        println!(
+            "  coverage   {:.2}% ({} of {} partitions)",
+            o.coverage * 100.0,
+            o.reduced_partitions,
+            o.total_partitions
+        );
+        if !o.dead_partitions.is_empty() {
+            println!("  dead       partitions {:?}", o.dead_partitions);
+        }
+        if let Some(e) = &o.error {
+            println!("  error      {e}");
+        }
+    }
+    if let Some(Value::Object(result)) = outcome.as_ref().and_then(|o| o.result.as_ref()) {
+        println!("result");
+        for (k, v) in result {
+            println!("  {k:<12} {v}");
+        }
+    }
+    println!("summary");
+    if !cached {
+        println!("  wall time  {:.3} s", wall.as_secs_f64());
+    }
+    if let Some(ms) = run_ms {
+        println!(
+            "  job time   {:.3} s (first tick to result)",
+            ms as f64 / 1e3
+        );
+    }
+    println!("  policy     {}", rec.policy);
+    println!(
+        "  {:<8} {:>11} {:>10} {:>8} {:>9} {:>10}",
+        "stage", "invocations", "messages", "failed", "throttled", "billed ms"
+    );
+    for s in &stages {
+        println!(
+            "  {:<8} {:>11} {:>10} {:>8} {:>9} {:>10}",
+            s.stage, s.invocations, s.messages, s.failed_messages, s.throttles, s.billed_ms
+        );
+    }
+    println!(
+        "  {:<8} {:>11} {:>10} {:>8} {:>9} {:>10}",
+        "total", invocations, "", "", "", billed_ms
+    );
+    Ok(exit)
+}

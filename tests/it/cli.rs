@@ -1,0 +1,327 @@
+//! The CLI as a user runs it.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{sluice, sluice_json};
+
+#[test]
+fn wordcount_2000_is_exact_with_both_policies() {
+    for policy in ["always-one", "static-proportional:150"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, status) = sluice_json(
+            dir.path(),
+            &[
+                "run",
+                "wordcount",
+                "--messages",
+                "2000",
+                "--policy",
+                policy,
+                "--json",
+            ],
+        );
+        assert!(status.status.success(), "{policy}: {out}");
+        assert_eq!(out["status"], "done");
+        assert_eq!(out["cached"], false);
+        assert_eq!(out["result"]["total_words"], 10_000, "{policy}");
+        assert_eq!(out["result"]["messages"], 2_000);
+        assert_eq!(out["coverage"], 1.0);
+        assert_eq!(out["stats"]["policy"], policy);
+        let stages = out["stats"]["stages"].as_array().unwrap();
+        let names: Vec<_> = stages
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["feed", "filter", "count", "reduce"]);
+        assert_eq!(
+            stages[3]["messages"], 20,
+            "20 partitions of 100 reduced once each"
+        );
+        assert_eq!(out["job_id"].as_str().unwrap().len(), 64);
+    }
+}
+
+#[test]
+fn second_identical_run_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "wordcount",
+        "--messages",
+        "3000",
+        "--per-word",
+        "--json",
+    ];
+    let (first, _) = sluice_json(dir.path(), &args);
+    let (second, out) = sluice_json(dir.path(), &args);
+    assert!(out.status.success());
+    assert_eq!(first["cached"], false);
+    assert_eq!(second["cached"], true);
+    assert_eq!(first["job_id"], second["job_id"]);
+    assert_eq!(first["result"], second["result"]);
+    let per_word = &second["result"]["per_word"];
+    for w in ["the", "quick", "brown", "fox"] {
+        assert_eq!(per_word[w], 3000, "{w}");
+    }
+    assert_eq!(second["result"]["total_words"], 15_000);
+
+    // A different policy is the same job (the policy does not change the result).
+    let (third, _) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "wordcount",
+            "--messages",
+            "3000",
+            "--per-word",
+            "--policy",
+            "always-one",
+            "--json",
+        ],
+    );
+    assert_eq!(third["cached"], true);
+    // The text is part of the request: a different text is a different job.
+    let (other, _) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "wordcount",
+            "--messages",
+            "3000",
+            "--text",
+            "a b",
+            "--json",
+        ],
+    );
+    assert_eq!(other["cached"], false);
+    assert_ne!(other["job_id"], first["job_id"]);
+    assert_eq!(other["result"]["total_words"], 9_000);
+}
+
+#[test]
+fn filter_keeps_only_matching_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "wordcount",
+            "--messages",
+            "120",
+            "--partition-size",
+            "7",
+            "--contains",
+            "fox 1",
+            "--json",
+        ],
+    );
+    // Messages "… fox 1", "… fox 10".."19", "… fox 100".."120": 1 + 10 + 21 = 32.
+    assert_eq!(out["result"]["messages"], 32);
+    assert_eq!(out["result"]["total_words"], 32 * 5);
+}
+
+#[test]
+fn poison_partitions_fail_the_job_naming_them_unless_coverage_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, status) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "wordcount",
+            "--messages",
+            "10000",
+            "--inject-faults",
+            "poison=3;77",
+            "--json",
+        ],
+    );
+    assert!(!status.status.success());
+    assert_eq!(out["status"], "failed");
+    assert_eq!(out["dead_partitions"], serde_json::json!([3, 77]));
+    let error = out["error"].as_str().unwrap();
+    assert!(error.contains("partitions 3, 77"), "{error}");
+    assert_eq!(out["coverage"], 0.98);
+    // The 98 good partitions are still exactly counted.
+    assert_eq!(out["result"]["total_words"], 98 * 100 * 5);
+
+    // Submitting again with a lower bar retries the job as a new attempt, and succeeds.
+    let (out, status) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "wordcount",
+            "--messages",
+            "10000",
+            "--inject-faults",
+            "poison=3;77",
+            "--min-coverage",
+            "0.98",
+            "--json",
+        ],
+    );
+    assert!(status.status.success(), "{out}");
+    assert_eq!(out["status"], "done");
+    assert_eq!(out["cached"], false);
+    assert_eq!(out["stats"]["attempt"], 2);
+    assert_eq!(out["coverage"], 0.98);
+    assert_eq!(out["dead_partitions"], serde_json::json!([3, 77]));
+}
+
+#[test]
+fn bad_input_is_rejected_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "wordcount", "--messages", "0"], "params.messages"),
+        (
+            &["run", "wordcount", "--messages", "100000001"],
+            "params.messages",
+        ),
+        (
+            &[
+                "run",
+                "wordcount",
+                "--messages",
+                "5",
+                "--partition-size",
+                "0",
+            ],
+            "params.partition_size",
+        ),
+        (
+            &["run", "wordcount", "--messages", "5", "--text", ""],
+            "params.text",
+        ),
+        (
+            &[
+                "run",
+                "wordcount",
+                "--messages",
+                "5",
+                "--min-coverage",
+                "1.5",
+            ],
+            "min_coverage",
+        ),
+        (
+            &[
+                "run",
+                "wordcount",
+                "--messages",
+                "5",
+                "--policy",
+                "always-two",
+            ],
+            "unknown policy",
+        ),
+        (
+            &[
+                "run",
+                "wordcount",
+                "--messages",
+                "5",
+                "--inject-faults",
+                "melt=1",
+            ],
+            "unknown fault",
+        ),
+        (&["status", "not-a-job-id"], "64 lowercase hex"),
+    ];
+    for (args, needle) in cases {
+        let out = sluice(dir.path(), args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // Nothing was created by the rejected requests.
+    let store = dir.path().join("blobs/results");
+    assert!(!store.exists() || std::fs::read_dir(store).unwrap().next().is_none());
+}
+
+#[test]
+fn status_and_result_read_the_stored_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _) = sluice_json(
+        dir.path(),
+        &["run", "wordcount", "--messages", "50", "--json"],
+    );
+    let id = run["job_id"].as_str().unwrap();
+    let (status, out) = sluice_json(dir.path(), &["status", id, "--json"]);
+    assert!(out.status.success());
+    assert_eq!(status["status"], "done");
+    assert_eq!(status["request"]["params"]["messages"], 50);
+    let (result, out) = sluice_json(dir.path(), &["result", id, "--json"]);
+    assert!(out.status.success());
+    assert_eq!(result["result"], run["result"]);
+    assert_eq!(result["cached"], true);
+    let unknown = "0".repeat(64);
+    let out = sluice(dir.path(), &["result", &unknown]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job"));
+}
+
+/// kill -9 in the middle of a run, then the same command again: nothing lost, nothing
+/// counted twice.
+#[test]
+fn a_killed_run_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "wordcount",
+        "--messages",
+        "1000000",
+        "--partition-size",
+        "10",
+        "--json",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_STATE_DIR", dir.path())
+        .env("SLUICE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Compute the id the way the engine does, then wait until some partitions are reduced.
+    let request = orchestration::job::JobRequest {
+        job_type: "wordcount".into(),
+        params: serde_json::json!({"messages": 1_000_000, "partition_size": 10, "per_word": false}),
+    };
+    let id = orchestration::flow::Registry::default()
+        .validate(&request)
+        .unwrap()
+        .id
+        .to_string();
+    let guard = Instant::now();
+    loop {
+        assert!(
+            guard.elapsed() < Duration::from_secs(300),
+            "the job never got under way"
+        );
+        let out = sluice(dir.path(), &["status", &id, "--json"]);
+        if out.status.success() {
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let reduced = status["progress"]
+                .as_array()
+                .and_then(|stages| stages.last())
+                .and_then(|s| s["done"].as_u64())
+                .unwrap_or(0);
+            if reduced > 0 {
+                assert_eq!(status["status"], "running");
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (out, status) = sluice_json(dir.path(), &args);
+    assert!(status.status.success(), "{out}");
+    assert_eq!(out["cached"], false, "the first run was interrupted");
+    assert_eq!(out["result"]["total_words"], 5_000_000);
+    assert_eq!(out["result"]["messages"], 1_000_000);
+    assert_eq!(out["coverage"], 1.0);
+}

@@ -1,0 +1,151 @@
+//! The embedded engine driven through the library: many jobs at once, faults, dedup.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchestration::job::{JobId, JobRequest, JobStatus};
+use orchestration::local::{Engine, EngineOptions};
+use orchestration::record;
+use orchestration::submit::{submit, Disposition, SubmitOptions};
+use serde_json::json;
+
+fn wordcount(messages: u64, partition_size: u64, per_word: bool) -> JobRequest {
+    JobRequest {
+        job_type: "wordcount".into(),
+        params: json!({"messages": messages, "partition_size": partition_size, "per_word": per_word}),
+    }
+}
+
+/// Runs the engine until every job has ended and been torn down.
+async fn run_until_done(engine: &Engine, ids: &[JobId]) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let waiter = async {
+        // A hang guard, not a timing assertion: a job that never ends fails the test.
+        let guard = Instant::now();
+        loop {
+            let mut open = 0;
+            for id in ids {
+                let v = record::load(engine.services.store.as_ref(), id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if !(v.record.status.is_terminal() && v.record.torn_down) {
+                    open += 1;
+                }
+            }
+            if open == 0 {
+                break;
+            }
+            assert!(
+                guard.elapsed() < Duration::from_secs(900),
+                "{open} jobs never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+    };
+    tokio::join!(
+        engine.run(async {
+            let _ = stopped.await;
+        }),
+        waiter
+    );
+}
+
+/// Distinct jobs under duplicated deliveries, crashing handlers and crashing daemons are
+/// all exact. `SLUICE_FAULT_JOBS` sets how many (the closing note's big run used 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_jobs_are_exact_under_faults() {
+    let jobs: u64 = std::env::var("SLUICE_FAULT_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        dir.path(),
+        EngineOptions {
+            faults: "duplicate=0.2,crash=0.1,daemon-crash=0.2".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..jobs {
+        let messages = 300 + 37 * i;
+        let request = wordcount(messages, 5 + i % 11, i % 2 == 0);
+        let s = submit(&engine.services, &request, &SubmitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(s.disposition, Disposition::Created);
+        expected.push((s.id, messages, i % 2 == 0));
+    }
+    let ids: Vec<JobId> = expected.iter().map(|e| e.0.clone()).collect();
+    run_until_done(&engine, &ids).await;
+
+    for (id, messages, per_word) in &expected {
+        let rec = record::load(engine.services.store.as_ref(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        let outcome = rec.outcome.clone().unwrap();
+        assert_eq!(rec.status, JobStatus::Done, "{id}: {:?}", outcome.error);
+        let result = outcome.result.unwrap();
+        assert_eq!(result["total_words"], messages * 5, "{id}");
+        assert_eq!(result["messages"], *messages, "{id}");
+        if *per_word {
+            assert_eq!(result["per_word"]["fox"], *messages, "{id}");
+        }
+        assert_eq!(outcome.coverage, 1.0);
+    }
+    // Nothing leaks: only the control queue and its DLQ, only the control mapping.
+    let queues = engine.services.queues.list_queues("sluice-").await.unwrap();
+    assert_eq!(queues.len(), 2, "{queues:?}");
+    let mappings = engine.services.mappings.list_mappings(None).await.unwrap();
+    assert_eq!(mappings.len(), 1, "{mappings:?}");
+}
+
+/// Concurrent identical requests create exactly one job; all of them get its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_requests_make_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(
+        Engine::open(dir.path(), EngineOptions::default())
+            .await
+            .unwrap(),
+    );
+    let request = wordcount(1_000, 10, false);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let engine = engine.clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            submit(&engine.services, &request, &SubmitOptions::default())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let s = t.await.unwrap();
+        created += usize::from(s.disposition == Disposition::Created);
+        ids.insert(s.id);
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let ids: Vec<JobId> = ids.into_iter().collect();
+    run_until_done(&engine, &ids).await;
+    let rec = record::load(engine.services.store.as_ref(), &ids[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(rec.outcome.unwrap().result.unwrap()["total_words"], 5_000);
+    assert_eq!(rec.attempt, 1);
+    let again = submit(&engine.services, &request, &SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.disposition, Disposition::Cached);
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the `sluice` binary and the embedded engine, as a user drives them.
+
+mod cli;
+mod engine;
+mod support;
