@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::Notify;
 
@@ -40,7 +39,9 @@ const CROSS_PROCESS_POLL: Duration = Duration::from_secs(1);
 /// `sqs_` prefixes keep the tables apart from other adapters sharing a database file.
 /// Messages stay a rowid table: bodies can be large, and WITHOUT ROWID tables store whole
 /// rows in the B-tree nodes. The index leads with `(queue_id, visible_ms)` for receives and
-/// carries `receive_count` so `counts` is an index-only scan.
+/// carries `receive_count` so `counts` is an index-only scan. `receipt` is the random token
+/// of the current receipt handle (`{id}.{receipt:016x}`); each receive draws a new one,
+/// which is what makes older handles stale.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sqs_queues (
     id                INTEGER PRIMARY KEY,
@@ -219,11 +220,6 @@ impl SqliteQueues {
     pub fn open(path: &Path) -> Result<Self, QueueError> {
         let conn = super::open_sqlite(path).db()?;
         conn.set_prepared_statement_cache_capacity(32);
-        // The bundled SQLite has STAT4, which re-prepares a statement whenever a parameter
-        // in a range constraint is rebound (`visible_ms <= ?`: every receive). Without
-        // ANALYZE there are no statistics to gain from that, so pin the plans.
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-            .db()?;
         conn.execute_batch(SCHEMA).db()?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -1158,53 +1154,5 @@ mod tests {
             n as f64 / total.as_secs_f64()
         );
         assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
-    }
-}
-#[cfg(test)]
-mod scratch {
-    use super::*;
-    #[tokio::test]
-    async fn reprepare_probe() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SqliteQueues::open(&dir.path().join("q.db")).unwrap();
-        let url = q
-            .create_queue(&QueueSpec {
-                name: "w".into(),
-                visibility_timeout: Duration::from_secs(60),
-                dead_letter: None,
-            })
-            .await
-            .unwrap();
-        for _ in 0..50 {
-            q.send(&url, (0..100).map(|_| OutgoingMessage::new("x")).collect())
-                .await
-                .unwrap();
-            let got = q.receive(&url, 100, Duration::ZERO, None).await.unwrap();
-            q.delete(&url, got.into_iter().map(|m| m.receipt_handle).collect())
-                .await
-                .unwrap();
-            q.counts(&url).await.unwrap();
-        }
-        let conn = q.conn();
-        unsafe {
-            let db = conn.handle();
-            let mut st = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
-            while !st.is_null() {
-                let sql =
-                    std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(st)).to_string_lossy();
-                let re = rusqlite::ffi::sqlite3_stmt_status(
-                    st,
-                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
-                    0,
-                );
-                let run =
-                    rusqlite::ffi::sqlite3_stmt_status(st, rusqlite::ffi::SQLITE_STMTSTATUS_RUN, 0);
-                println!(
-                    "reprepare={re} run={run} {}",
-                    sql.split_whitespace().collect::<Vec<_>>().join(" ")
-                );
-                st = rusqlite::ffi::sqlite3_next_stmt(db, st);
-            }
-        }
     }
 }
