@@ -1,7 +1,11 @@
 //! `sluice`: run batch jobs on the embedded engine (or, later, on AWS) from the command line.
 
+mod bench;
+mod client;
+mod gen;
 mod progress;
 mod report;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,19 +43,66 @@ enum Command {
         #[command(subcommand)]
         job: JobCommand,
     },
-    /// Show a stored job's status and progress.
+    /// Serve the job API on 127.0.0.1 and run its jobs on the embedded engine.
+    Serve {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Fault injection for the jobs this server runs (see `run --help`).
+        #[arg(long)]
+        inject_faults: Option<Faults>,
+    },
+    /// Submit a job to a job API (`sluice serve`, or a deployed API).
+    Submit {
+        #[command(subcommand)]
+        job: JobCommand,
+    },
+    /// Show a job's status and progress (from the state directory, or `--api`).
     Status {
         id: String,
+        #[arg(long, env = "SLUICE_API")]
+        api: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Print a finished job's result.
+    /// Print a finished job's result (from the state directory, or `--api`).
     Result {
         id: String,
+        #[arg(long, env = "SLUICE_API")]
+        api: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure: `cached-api` (latency of a cached result over local HTTP).
+    Bench {
+        #[command(subcommand)]
+        experiment: Experiment,
+    },
+    /// Generate input data in the state directory's blob store (`gen tweets`).
+    Gen {
+        #[command(subcommand)]
+        data: gen::GenCommand,
+    },
+    /// Cancel a job through a job API: it stops and its resources are torn down.
+    Cancel {
+        id: String,
+        #[arg(long, env = "SLUICE_API", default_value = DEFAULT_API)]
+        api: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// p50/p99 latency of a cached result over local HTTP (the paper: about 600 ms).
+    CachedApi {
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
         #[arg(long)]
         json: bool,
     },
 }
+
+const DEFAULT_API: &str = "http://127.0.0.1:8080";
 
 #[derive(Subcommand)]
 enum JobCommand {
@@ -73,24 +124,103 @@ enum JobCommand {
         #[arg(long)]
         contains: Option<String>,
         #[command(flatten)]
-        run: RunArgs,
+        options: JobOptions,
+    },
+    /// Count, per city, the tweets from a country in a range of days that mention a fire
+    /// (reads tweets/YYYY-MM-DD/ for each day; `sluice gen tweets` writes them).
+    FireTweets {
+        /// ISO 3166-1 alpha-2 country code: GB, IE, US...
+        #[arg(long)]
+        country: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (inclusive; at most 366 days in all).
+        #[arg(long)]
+        to: String,
+        /// A keyword or phrase, `#tag` for a hashtag; repeat for several (default: fire,
+        /// "fire truck", "fire engine", #fire).
+        #[arg(long = "keyword")]
+        keywords: Vec<String>,
+        /// Input bytes per partition (1 KiB to 16 MiB; default 4 MiB).
+        #[arg(long)]
+        partition_bytes: Option<u64>,
+        #[command(flatten)]
+        options: JobOptions,
     },
 }
 
 #[derive(Args)]
-struct RunArgs {
+struct JobOptions {
     /// Scaling policy: always-one | static-proportional:M.
     #[arg(long, default_value_t = Policy::default())]
     policy: Policy,
-    /// Fault injection: duplicate=P,crash=P,daemon-crash=P,poison=ID;ID.
-    #[arg(long)]
-    inject_faults: Option<Faults>,
     /// Least fraction of partitions that must be reduced for the job to succeed.
     #[arg(long, default_value_t = 1.0)]
     min_coverage: f64,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Fault injection (run only): duplicate=P,crash=P,daemon-crash=P,poison=ID;ID.
+    #[arg(long)]
+    inject_faults: Option<Faults>,
+    /// The job API to submit to (submit only).
+    #[arg(long, env = "SLUICE_API", default_value = DEFAULT_API)]
+    api: String,
+    /// Wait for the result (submit only).
+    #[arg(long)]
+    wait: bool,
+}
+
+impl JobCommand {
+    fn request(&self) -> (JobRequest, &JobOptions) {
+        let (messages, text, partition_size, per_word, contains, options) = match self {
+            JobCommand::Wordcount {
+                messages,
+                text,
+                partition_size,
+                per_word,
+                contains,
+                options,
+            } => (messages, text, partition_size, per_word, contains, options),
+            JobCommand::FireTweets {
+                country,
+                from,
+                to,
+                keywords,
+                partition_bytes,
+                options,
+            } => {
+                let mut params = json!({ "country": country, "from": from, "to": to });
+                if !keywords.is_empty() {
+                    params["keywords"] = json!(keywords);
+                }
+                if let Some(bytes) = partition_bytes {
+                    params["partition_bytes"] = json!(bytes);
+                }
+                let request = JobRequest {
+                    job_type: "fire-tweets".into(),
+                    params,
+                };
+                return (request, options);
+            }
+        };
+        let mut params = json!({ "messages": messages, "per_word": per_word });
+        if let Some(text) = text {
+            params["text"] = json!(text);
+        }
+        if let Some(size) = partition_size {
+            params["partition_size"] = json!(size);
+        }
+        if let Some(contains) = contains {
+            params["contains"] = json!(contains);
+        }
+        let request = JobRequest {
+            job_type: "wordcount".into(),
+            params,
+        };
+        (request, options)
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -120,36 +250,50 @@ fn main() -> Result<()> {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Run { job } => run(&state_dir, job).await,
-            Command::Status { id, json } => status(&state_dir, &id, json).await,
-            Command::Result { id, json } => result(&state_dir, &id, json).await,
+            Command::Serve {
+                port,
+                inject_faults,
+            } => {
+                let options = EngineOptions {
+                    faults: inject_faults.unwrap_or_default(),
+                    ..Default::default()
+                };
+                let engine = Engine::open(&state_dir, options).await?;
+                serve::serve(engine, port).await
+            }
+            Command::Submit { job } => remote_submit(job).await,
+            Command::Status {
+                id,
+                api: Some(api),
+                json,
+            } => remote_show(&api, &id, "", json).await,
+            Command::Status {
+                id,
+                api: None,
+                json,
+            } => status(&state_dir, &id, json).await,
+            Command::Result {
+                id,
+                api: Some(api),
+                json,
+            } => remote_show(&api, &id, "/result", json).await,
+            Command::Result {
+                id,
+                api: None,
+                json,
+            } => result(&state_dir, &id, json).await,
+            Command::Cancel { id, api } => remote_cancel(&api, &id).await,
+            Command::Gen { data } => gen::run(&state_dir, data).await,
+            Command::Bench {
+                experiment: Experiment::CachedApi { requests, json },
+            } => bench::cached_api(requests, json).await,
         }
     })?;
     std::process::exit(code)
 }
 
 async fn run(state_dir: &std::path::Path, job: JobCommand) -> Result<i32> {
-    let JobCommand::Wordcount {
-        messages,
-        text,
-        partition_size,
-        per_word,
-        contains,
-        run,
-    } = job;
-    let mut params = json!({ "messages": messages, "per_word": per_word });
-    if let Some(text) = text {
-        params["text"] = json!(text);
-    }
-    if let Some(size) = partition_size {
-        params["partition_size"] = json!(size);
-    }
-    if let Some(contains) = contains {
-        params["contains"] = json!(contains);
-    }
-    let request = JobRequest {
-        job_type: "wordcount".into(),
-        params,
-    };
+    let (request, run) = job.request();
     let started = Instant::now();
     let engine = Engine::open(
         state_dir,
@@ -215,43 +359,24 @@ async fn status(state_dir: &std::path::Path, id: &str, json: bool) -> Result<i32
     let Some(v) = record::load(engine.services.store.as_ref(), &id).await? else {
         bail!("no job {id} in {}", state_dir.display());
     };
-    let progress = progress::snapshot(&engine, &v.record).await?;
+    let view = orchestration::status::view(&engine.services, &engine.log, &v.record).await?;
     if json {
+        println!("{}", serde_json::to_string(&view)?);
+        return Ok(0);
+    }
+    println!("job {id}");
+    println!("  type      {} {}", view.job_type, view.params);
+    println!("  status    {} (attempt {})", view.status, view.attempt);
+    println!("  policy    {}", view.policy);
+    for stage in &view.stages {
+        let total = stage.total.map(|t| format!(" of {t}")).unwrap_or_default();
         println!(
-            "{}",
-            json!({
-                "job_id": id,
-                "status": v.record.status,
-                "attempt": v.record.attempt,
-                "request": v.record.request,
-                "policy": v.record.policy,
-                "total_partitions": v.record.total_partitions,
-                "progress": progress,
-                "outcome": v.record.outcome,
-            })
+            "  {:<8}  {} done{total}, {} dead-lettered, {} invocations",
+            stage.stage, stage.done, stage.dead_lettered, stage.invocations
         );
-    } else {
-        println!("job {id}");
-        println!("  type      {}", v.record.request.job_type);
-        println!(
-            "  status    {} (attempt {})",
-            v.record.status, v.record.attempt
-        );
-        println!("  policy    {}", v.record.policy);
-        for stage in progress.as_array().into_iter().flatten() {
-            println!(
-                "  {:<8}  {} done{}",
-                stage["stage"].as_str().unwrap_or("?"),
-                stage["done"],
-                stage["total"]
-                    .as_u64()
-                    .map(|t| format!(" of {t}"))
-                    .unwrap_or_default()
-            );
-        }
-        if let Some(err) = v.record.outcome.as_ref().and_then(|o| o.error.as_ref()) {
-            println!("  error     {err}");
-        }
+    }
+    if let Some(err) = &view.error {
+        println!("  error     {err}");
     }
     Ok(0)
 }
@@ -273,4 +398,58 @@ pub(crate) fn result_value(rec: &record::JobRecord) -> Value {
         .as_ref()
         .and_then(|o| o.result.clone())
         .unwrap_or(Value::Null)
+}
+
+async fn remote_submit(job: JobCommand) -> Result<i32> {
+    let (request, options) = job.request();
+    if options.inject_faults.is_some() {
+        bail!("faults are injected where jobs run: pass --inject-faults to `sluice serve`");
+    }
+    let api = client::ApiClient::new(&options.api)?;
+    let body = json!({
+        "type": request.job_type,
+        "params": request.params,
+        "policy": options.policy.to_string(),
+        "min_coverage": options.min_coverage,
+    });
+    let (status, response) = api.submit(&body).await?;
+    if !(200..300).contains(&status) {
+        bail!("{}", client::error_message(status, &response));
+    }
+    let response = match (options.wait, response["job_id"].as_str()) {
+        (true, Some(id)) if status == 202 => api.wait(id).await?,
+        _ => response,
+    };
+    print_remote(&response, options.json);
+    Ok(i32::from(response["status"] == "failed"))
+}
+
+async fn remote_show(api: &str, id: &str, suffix: &str, as_json: bool) -> Result<i32> {
+    let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = client::ApiClient::new(api)?;
+    let (status, body) = api.get(&format!("/jobs/{id}{suffix}")).await?;
+    if status != 200 {
+        bail!("{}", client::error_message(status, &body));
+    }
+    print_remote(&body, as_json);
+    Ok(0)
+}
+
+async fn remote_cancel(api: &str, id: &str) -> Result<i32> {
+    let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = client::ApiClient::new(api)?;
+    let (status, body) = api.delete(&format!("/jobs/{id}")).await?;
+    if status != 202 {
+        bail!("{}", client::error_message(status, &body));
+    }
+    println!("job {id}: cancelling");
+    Ok(0)
+}
+
+fn print_remote(body: &Value, as_json: bool) {
+    if as_json {
+        println!("{body}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+    }
 }

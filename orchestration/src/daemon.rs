@@ -16,7 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::components::SourceContext;
 use crate::envelope::Envelope;
 use crate::flow::{Flow, Step};
-use crate::job::JobStatus;
+use crate::job::{JobRequest, JobStatus};
 use crate::ledger::{Ledger, LedgerError};
 use crate::policy::{Observation, StageObservation};
 use crate::ports::{
@@ -24,6 +24,7 @@ use crate::ports::{
 };
 use crate::record::{self, JobRecord, Lease, Outcome, StageRecord, Versioned};
 use crate::services::{Services, Tick};
+use crate::submit::{submit, Disposition, SubmitError, SubmitOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -45,10 +46,14 @@ pub enum DaemonError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Envelope(#[from] crate::envelope::EnvelopeError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
     #[error("malformed tick: {0}")]
     MalformedTick(String),
 }
 
+/// The stage name under which a composite job's failed parts are dead-lettered.
+const PART_STAGE: &str = "part";
 /// Places in a tick where an injected crash may strike.
 const CHECKPOINTS: u32 = 6;
 /// Dead-letter messages collected per tick at most (the rest wait for the next tick).
@@ -271,6 +276,15 @@ impl Fenced {
                 .finish(JobStatus::Cancelled, None, Some("cancelled".into()))
                 .await;
         }
+        match self.svc.registry.parts(&self.rec.request) {
+            Ok(Some(parts)) => return self.step_composite(&flow, parts, crash).await,
+            Ok(None) => {}
+            Err(e) => {
+                return self
+                    .finish(JobStatus::Failed, None, Some(format!("invalid job: {e}")))
+                    .await
+            }
+        }
         self.provision(&flow).await?;
         crash.checkpoint()?;
         if !self.rec.planned {
@@ -285,6 +299,80 @@ impl Fenced {
             }
         }
         self.apply_policy(&flow).await
+    }
+
+    /// A composite job runs no stages of its own: its parts are jobs (submitted here, so
+    /// cached and shared like any request), and each finished part is folded into this
+    /// job's ledger as one partition, exactly once.
+    async fn step_composite(
+        &mut self,
+        flow: &Flow,
+        parts: Vec<JobRequest>,
+        crash: &mut Crash,
+    ) -> Result<(), DaemonError> {
+        if !self.rec.planned {
+            let options = SubmitOptions {
+                policy: self.rec.policy,
+                min_coverage: self.rec.min_coverage,
+            };
+            let mut ids = Vec::with_capacity(parts.len());
+            let mut computed = Vec::with_capacity(parts.len());
+            for part in &parts {
+                let submission = submit(&self.svc, part, &options).await?;
+                computed.push(matches!(
+                    submission.disposition,
+                    Disposition::Created | Disposition::Restarted
+                ));
+                ids.push(submission.id);
+            }
+            crash.checkpoint()?;
+            let now = self.svc.clock.now_ms();
+            let total = ids.len() as u64;
+            self.update(move |r| {
+                r.parts = ids.clone();
+                r.parts_computed = computed.clone();
+                r.total_partitions = Some(total);
+                r.planned = true;
+                r.status = JobStatus::Running;
+                r.started_ms.get_or_insert(now);
+            })
+            .await?;
+            info!(job_id = %self.rec.id, parts = total, "submitted parts");
+        }
+        let Some(reduce) = flow.reduce().cloned() else {
+            return self
+                .finish(JobStatus::Failed, None, Some("flow has no reduce".into()))
+                .await;
+        };
+        let parts = self.rec.parts.clone();
+        for (i, id) in parts.iter().enumerate() {
+            let ledger = self.ledger();
+            if ledger.is_reduced(i as u64).await? {
+                continue;
+            }
+            let Some(part) = record::load(self.svc.store.as_ref(), id).await? else {
+                ledger.record_dead(PART_STAGE, [i as u64]).await?;
+                continue;
+            };
+            let part = part.record;
+            match (part.status, part.outcome.and_then(|o| o.result)) {
+                (JobStatus::Done, Some(result)) => {
+                    ledger
+                        .commit(reduce.as_ref(), vec![(i as u64, result)])
+                        .await?;
+                }
+                (status, _) if status.is_terminal() => {
+                    warn!(job_id = %self.rec.id, part = %id, %status, "part did not succeed");
+                    ledger.record_dead(PART_STAGE, [i as u64]).await?;
+                }
+                _ => {}
+            }
+        }
+        crash.checkpoint()?;
+        if let Some((reduced, dead)) = self.completion().await? {
+            return self.complete(flow, reduced, dead).await;
+        }
+        Ok(())
     }
 
     async fn provision(&mut self, flow: &Flow) -> Result<(), DaemonError> {
@@ -439,7 +527,7 @@ impl Fenced {
                 break;
             }
             drained += batch.len();
-            let mut partitions = Vec::new();
+            let mut dead: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for m in &batch {
                 match Envelope::parse(&m.body) {
                     Ok(env) => {
@@ -457,7 +545,9 @@ impl Fenced {
                             1
                         };
                         warn!(job_id = %self.rec.id, stage = %env.stage, partition = env.partition, count, "dead-lettered");
-                        partitions.extend(env.partition..env.partition.saturating_add(count));
+                        dead.entry(env.stage.clone())
+                            .or_default()
+                            .extend(env.partition..env.partition.saturating_add(count));
                     }
                     Err(e) => warn!(job_id = %self.rec.id, error = %e, "unreadable dead letter"),
                 }
@@ -470,7 +560,9 @@ impl Fenced {
                     .put(&key, m.body.clone().into_bytes())
                     .await?;
             }
-            self.ledger().record_dead(partitions).await?;
+            for (stage, partitions) in dead {
+                self.ledger().record_dead(&stage, partitions).await?;
+            }
             self.svc
                 .queues
                 .delete(&dlq, batch.into_iter().map(|m| m.receipt_handle).collect())
@@ -736,43 +828,36 @@ mod tests {
             .id
     }
 
+    /// A daemon holding the job's lease, as if it had just taken it.
+    async fn holder(svc: &Arc<Services>, id: &crate::job::JobId, owner: &str) -> Fenced {
+        let v = record::load(svc.store.as_ref(), id).await.unwrap().unwrap();
+        let lease = Lease {
+            owner: owner.into(),
+            epoch: v.record.lease.epoch + 1,
+            expires_ms: 1_002_000,
+        };
+        let mut rec = v.record;
+        rec.lease = lease.clone();
+        let version = record::save(svc.store.as_ref(), &rec, v.version)
+            .await
+            .unwrap();
+        Fenced {
+            svc: svc.clone(),
+            rec,
+            version,
+            lease,
+        }
+    }
+
     #[tokio::test]
     async fn a_zombie_daemon_is_fenced_out() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
         let svc = services(dir.path(), clock.clone()).await;
         let id = job(&svc).await;
-        let v = record::load(svc.store.as_ref(), &id)
-            .await
-            .unwrap()
-            .unwrap();
-
-        // Daemon A takes the lease...
-        let lease_a = Lease {
-            owner: "a".into(),
-            epoch: 1,
-            expires_ms: 1_002_000,
-        };
-        let mut rec = v.record.clone();
-        rec.lease = lease_a.clone();
-        let version = record::save(svc.store.as_ref(), &rec, v.version)
-            .await
-            .unwrap();
-        let mut zombie = Fenced {
-            svc: svc.clone(),
-            rec: rec.clone(),
-            version,
-            lease: lease_a,
-        };
-        // ...stalls past its lease, and daemon B takes over with a higher epoch.
-        rec.lease = Lease {
-            owner: "b".into(),
-            epoch: 2,
-            expires_ms: 1_010_000,
-        };
-        record::save(svc.store.as_ref(), &rec, version)
-            .await
-            .unwrap();
+        // Daemon A takes the lease, stalls past it, and daemon B takes over.
+        let mut zombie = holder(&svc, &id, "a").await;
+        holder(&svc, &id, "b").await;
 
         let err = zombie.update(|r| r.planned = true).await.unwrap_err();
         assert!(matches!(err, DaemonError::Fenced), "{err}");
@@ -791,31 +876,9 @@ mod tests {
         let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
         let svc = services(dir.path(), clock.clone()).await;
         let id = job(&svc).await;
-        let v = record::load(svc.store.as_ref(), &id)
-            .await
-            .unwrap()
-            .unwrap();
-        let lease = Lease {
-            owner: "a".into(),
-            epoch: 1,
-            expires_ms: 1_002_000,
-        };
-        let mut rec = v.record.clone();
-        rec.lease = lease.clone();
-        let version = record::save(svc.store.as_ref(), &rec, v.version)
-            .await
-            .unwrap();
-        let mut daemon = Fenced {
-            svc: svc.clone(),
-            rec: rec.clone(),
-            version,
-            lease,
-        };
+        let mut daemon = holder(&svc, &id, "a").await;
         // A user cancels meanwhile (same lease, new version).
-        rec.cancel_requested = true;
-        record::save(svc.store.as_ref(), &rec, version)
-            .await
-            .unwrap();
+        crate::submit::cancel(&svc, &id).await.unwrap();
         daemon.update(|r| r.planned = true).await.unwrap();
         let now = record::load(svc.store.as_ref(), &id)
             .await

@@ -114,6 +114,13 @@ pub trait JobType: Send + Sync {
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError>;
     /// Builds the flow from normalized params.
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError>;
+    /// A job that is the merge of other jobs (the per-day parts of a date range, say)
+    /// returns their requests. Each part is a job of its own, cached under its own id and
+    /// shared with every other job that needs it; the daemon submits the parts, waits for
+    /// them, and folds their results with this job's reduce. `None`: the job runs its flow.
+    fn parts(&self, _params: &Value) -> Result<Option<Vec<JobRequest>>, ValidationError> {
+        Ok(None)
+    }
 }
 
 /// A request that passed validation: its normalized params and its id.
@@ -128,15 +135,29 @@ pub struct Registry {
     types: Vec<Arc<dyn JobType>>,
 }
 
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Self {
-            types: vec![Arc::new(crate::jobs::Wordcount)],
+            types: vec![
+                Arc::new(crate::jobs::Wordcount),
+                Arc::new(crate::jobs::FireTweets),
+            ],
         }
     }
 }
 
 impl Registry {
+    /// A registry of exactly these job types.
+    pub fn new(types: Vec<Arc<dyn JobType>>) -> Self {
+        Self { types }
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         self.types.iter().map(|t| t.name()).collect()
     }
@@ -170,6 +191,11 @@ impl Registry {
     /// The flow of an already validated (normalized) request.
     pub fn flow(&self, request: &JobRequest) -> Result<Flow, ValidationError> {
         self.get(&request.job_type)?.flow(&request.params)
+    }
+
+    /// The parts of a composite request (see [`JobType::parts`]).
+    pub fn parts(&self, request: &JobRequest) -> Result<Option<Vec<JobRequest>>, ValidationError> {
+        self.get(&request.job_type)?.parts(&request.params)
     }
 }
 

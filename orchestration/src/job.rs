@@ -167,6 +167,59 @@ impl<'a> ParamReader<'a> {
         Ok(value)
     }
 
+    /// A list of 1..=`max_items` strings of 1..=`max_len` characters, none blank; `default`
+    /// when absent. Errors name the item (`params.keywords[2]`).
+    pub fn string_list(
+        &mut self,
+        name: &'static str,
+        max_items: usize,
+        max_len: usize,
+        default: Option<&[&str]>,
+    ) -> Result<Option<Vec<String>>, ValidationError> {
+        self.known.push(name);
+        let items: Vec<String> = match self.params.get(name) {
+            None | Some(Value::Null) => match default {
+                Some(d) => d.iter().map(|s| (*s).to_owned()).collect(),
+                None => return Ok(None),
+            },
+            Some(Value::Array(values)) => {
+                let mut items = Vec::with_capacity(values.len());
+                for (i, v) in values.iter().enumerate() {
+                    let Value::String(s) = v else {
+                        return Err(ValidationError::new(
+                            format!("params.{name}[{i}]"),
+                            "must be a string",
+                        ));
+                    };
+                    let len = s.chars().count();
+                    if len == 0 || len > max_len || s.trim().is_empty() {
+                        return Err(ValidationError::new(
+                            format!("params.{name}[{i}]"),
+                            format!("must be 1 to {max_len} characters, not blank"),
+                        ));
+                    }
+                    items.push(s.clone());
+                }
+                items
+            }
+            Some(_) => {
+                return Err(ValidationError::new(
+                    Self::field(name),
+                    "must be an array of strings",
+                ))
+            }
+        };
+        if items.is_empty() || items.len() > max_items {
+            return Err(ValidationError::new(
+                Self::field(name),
+                format!("must have 1 to {max_items} items, got {}", items.len()),
+            ));
+        }
+        self.normalized
+            .insert(name.into(), serde_json::json!(items));
+        Ok(Some(items))
+    }
+
     pub fn boolean(&mut self, name: &'static str, default: bool) -> Result<bool, ValidationError> {
         self.known.push(name);
         let value = match self.params.get(name) {
@@ -306,6 +359,34 @@ mod tests {
         assert_eq!(r.finish().unwrap(), json!({"s": "ab"}));
 
         assert_eq!(ParamReader::new(&json!([1])).err().unwrap().field, "params");
+
+        let params = json!({"k": ["a", "b"], "bad": ["a", 5], "blank": [" "], "none": []});
+        let mut r = ParamReader::new(&params).unwrap();
+        assert_eq!(
+            r.string_list("k", 3, 5, None).unwrap(),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            r.string_list("d", 3, 5, Some(&["x"])).unwrap(),
+            Some(vec!["x".to_owned()])
+        );
+        assert_eq!(r.string_list("absent", 3, 5, None).unwrap(), None);
+        assert_eq!(
+            r.string_list("bad", 3, 5, None).unwrap_err().field,
+            "params.bad[1]"
+        );
+        assert_eq!(
+            r.string_list("blank", 3, 5, None).unwrap_err().field,
+            "params.blank[0]"
+        );
+        assert_eq!(
+            r.string_list("none", 3, 5, None).unwrap_err().field,
+            "params.none"
+        );
+        assert_eq!(
+            r.string_list("k", 1, 5, None).unwrap_err().field,
+            "params.k"
+        );
         let params = json!({"s": "   "});
         assert!(ParamReader::new(&params)
             .unwrap()

@@ -193,16 +193,19 @@ impl<'a> Ledger<'a> {
             .is_some())
     }
 
-    /// Records dead-lettered partitions (idempotent).
+    /// Records partitions dead-lettered at `stage` (idempotent).
     pub async fn record_dead(
         &self,
+        stage: &str,
         partitions: impl IntoIterator<Item = u64>,
     ) -> Result<(), LedgerError> {
+        let mut attrs = crate::ports::Attributes::new();
+        attrs.insert("stage".into(), json!(stage));
         for p in partitions {
             self.store
                 .put(
                     &dead_key(self.job, self.attempt, p),
-                    Default::default(),
+                    attrs.clone(),
                     Condition::Always,
                 )
                 .await?;
@@ -210,7 +213,8 @@ impl<'a> Ledger<'a> {
         Ok(())
     }
 
-    pub async fn dead_partitions(&self) -> Result<Vec<u64>, LedgerError> {
+    /// Dead-lettered partitions, in order, with the stage each died at.
+    pub async fn dead_letters(&self) -> Result<Vec<(u64, String)>, LedgerError> {
         let pk = run_pk(self.job, self.attempt);
         let mut out = Vec::new();
         let mut after: Option<String> = None;
@@ -226,7 +230,12 @@ impl<'a> Ledger<'a> {
                     .strip_prefix("dead#")
                     .and_then(|s| s.parse().ok())
                 {
-                    out.push(p);
+                    let stage = item
+                        .attrs
+                        .get("stage")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    out.push((p, stage.to_owned()));
                 }
             }
             match page.next {
@@ -234,6 +243,15 @@ impl<'a> Ledger<'a> {
                 None => return Ok(out),
             }
         }
+    }
+
+    pub async fn dead_partitions(&self) -> Result<Vec<u64>, LedgerError> {
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 }
 
@@ -372,7 +390,11 @@ mod tests {
         };
         one.commit(&Sum, partials(0..2)).await.unwrap();
         assert_eq!(two.reduced_count().await.unwrap(), 0);
-        one.record_dead([7, 3, 7]).await.unwrap();
+        one.record_dead("filter", [7, 3, 7]).await.unwrap();
+        assert_eq!(
+            one.dead_letters().await.unwrap()[0],
+            (3, "filter".to_owned())
+        );
         assert_eq!(one.dead_partitions().await.unwrap(), vec![3, 7]);
         assert!(two.dead_partitions().await.unwrap().is_empty());
     }

@@ -1,22 +1,27 @@
 //! sluice orchestration: everything that is not an entry point.
 //!
 //! Codemap:
+//! - [`api`]: the job API as one function from request to response (HTTP-agnostic).
 //! - [`job`]: requests, validation, the job id, the job lifecycle.
 //! - [`flow`]: flows (ordered stages), the Lambda functions, the job-type registry.
-//! - [`jobs`]: the job types sluice ships (`wordcount`).
+//! - [`jobs`]: the job types sluice ships (`wordcount`, `fire-tweets`).
 //! - [`components`]: reusable sources, transforms and reduces.
+//! - [`tweets`]: tweets in the Twitter v1.1 format: reading, keyword matching, dates, and
+//!   the generator behind `sluice gen tweets`.
 //! - [`envelope`]: the message every stage queue carries; claim-checks for large payloads.
 //! - [`policy`]: scaling policies, pure functions from observation to levers.
 //! - [`ledger`]: exactly-once aggregation (partition markers + aggregate in one transaction).
 //! - [`record`]: the stored job record and the store's key layout.
 //! - [`services`]: settings and the ports bundle handed to every handler; the tick message.
 //! - [`faults`]: fault injection (`duplicate`, `crash`, `daemon-crash`, `poison`).
+//! - [`status`]: a job as seen from outside (progress per stage, timings, coverage).
 //! - [`submit`]: one job per request (conditional create; join, cache or restart).
 //! - [`worker`]: stage batch handling (`SqsEvent` in, `SqsBatchResponse` out).
 //! - [`daemon`]: the per-job daemon, one tick at a time, fenced by a lease.
 //! - [`ports`]: the capabilities the core needs (`JobStore`, `Queues`, `Blobs`, `Mappings`).
 //! - [`local`]: the embedded engine's adapters on SQLite and files, and the local ESM runtime.
 
+pub mod api;
 pub mod components;
 pub mod daemon;
 pub mod envelope;
@@ -30,5 +35,7 @@ pub mod policy;
 pub mod ports;
 pub mod record;
 pub mod services;
+pub mod status;
 pub mod submit;
+pub mod tweets;
 pub mod worker;

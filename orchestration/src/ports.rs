@@ -244,6 +244,47 @@ pub trait Blobs: Send + Sync {
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
+
+    /// `GetObject` with `Range: bytes=start-(end-1)`: the bytes `start..end` of the object,
+    /// fewer when it ends sooner (none when it ends before `start`); `None` when there is no
+    /// such key. Sources read large objects in ranges so no one invocation holds a whole one.
+    /// The default slices [`Blobs::get`]: correct, but it reads the whole object.
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        Ok(self.get(key).await?.map(|bytes| {
+            let len = bytes.len() as u64;
+            let from = start.min(len);
+            let to = end.min(len).max(from);
+            bytes[from as usize..to as usize].to_vec()
+        }))
+    }
+
+    /// Objects under `prefix` with their sizes, sorted by key (`ListObjectsV2` returns the
+    /// sizes with the keys): what planning byte ranges needs. The default reads every object.
+    async fn list_sizes(&self, prefix: &str) -> Result<Vec<BlobSize>, BlobError> {
+        let mut out = Vec::new();
+        for key in self.list(prefix).await? {
+            // Deleted between the listing and the read: S3's listing would not show it either.
+            if let Some(bytes) = self.get(&key).await? {
+                out.push(BlobSize {
+                    key,
+                    size: bytes.len() as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A listed object: its key and its size in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BlobSize {
+    pub key: String,
+    pub size: u64,
 }
 
 /// The levers of one event-source mapping.
@@ -298,6 +339,33 @@ pub trait Mappings: Send + Sync {
     async fn put_reserved_concurrency(&self, function: &str, n: u32) -> Result<(), MappingError>;
     async fn get_reserved_concurrency(&self, function: &str) -> Result<Option<u32>, MappingError>;
     async fn delete_reserved_concurrency(&self, function: &str) -> Result<(), MappingError>;
+}
+
+/// Per-stage invocation totals of one job attempt, as CloudWatch would report them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStats {
+    pub stage: String,
+    pub function: String,
+    pub invocations: u64,
+    /// Messages handled successfully.
+    pub messages: u64,
+    pub failed_messages: u64,
+    /// Invocations that failed as a whole (error, panic, timeout).
+    pub failed_invocations: u64,
+    pub throttles: u64,
+    /// Duration billed by Lambda: each invocation rounded up to the millisecond.
+    pub billed_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: {0}")]
+pub struct TelemetryError(pub String);
+
+/// Where invocation statistics come from: the local runtime's log, or CloudWatch.
+#[async_trait]
+pub trait Telemetry: Send + Sync {
+    async fn stage_stats(&self, job: &str, attempt: u32)
+        -> Result<Vec<StageStats>, TelemetryError>;
 }
 
 /// Wall-clock time in ms since the epoch. A trait so tests can drive time.

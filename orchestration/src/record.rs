@@ -2,6 +2,7 @@
 //!
 //! Layout (one table, DynamoDB style):
 //! - `job#{id}` / `job`: the [`JobRecord`].
+//! - `jobs` / `{created_ms}#{id}`: the job list, in creation order.
 //! - `run#{id}#{attempt}` / `p#{partition}`: ledger markers (one per reduced partition).
 //! - `run#{id}#{attempt}` / `agg#{shard}`: aggregate shards.
 //! - `run#{id}#{attempt}` / `dead#{partition}`: dead-lettered partitions.
@@ -12,10 +13,17 @@ use serde_json::Value;
 use crate::flow::Function;
 use crate::job::{JobId, JobRequest, JobStatus};
 use crate::policy::{Levers, Policy};
-use crate::ports::{Attributes, Condition, JobStore, Key, StoreError};
+use crate::ports::{Attributes, Condition, JobStore, Key, StoreError, TxOp};
 
 pub fn job_key(id: &JobId) -> Key {
     Key::new(format!("job#{id}"), "job")
+}
+
+/// The job list: one item per job under one partition key, sorted by creation time.
+pub const INDEX_PK: &str = "jobs";
+
+pub fn index_key(created_ms: u64, id: &JobId) -> Key {
+    Key::new(INDEX_PK, format!("{created_ms:013}#{id}"))
 }
 
 pub fn run_pk(id: &str, attempt: u32) -> String {
@@ -104,6 +112,13 @@ pub struct JobRecord {
     pub planned: bool,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// A composite job's parts (see `JobType::parts`), in partition order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<JobId>,
+    /// Whether this job's submission of each part started its computation (false: the part
+    /// was cached, or joined while another job's submission was computing it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts_computed: Vec<bool>,
     #[serde(default)]
     pub outcome: Option<Outcome>,
     /// Queues and mappings deleted after the job ended.
@@ -137,6 +152,8 @@ impl JobRecord {
             total_partitions: None,
             planned: false,
             cancel_requested: false,
+            parts: Vec::new(),
+            parts_computed: Vec::new(),
             outcome: None,
             torn_down: false,
         }
@@ -189,15 +206,44 @@ pub async fn load(store: &dyn JobStore, id: &JobId) -> Result<Option<Versioned>,
     }))
 }
 
-/// Creates the record if no job with its id exists. Returns the new version.
-pub async fn create(store: &dyn JobStore, record: &JobRecord) -> Result<u64, StoreError> {
-    store
-        .put(
-            &job_key(&record.id),
-            record.to_attrs()?,
-            Condition::NotExists,
-        )
-        .await
+/// Creates the record, and its entry in the job list, if no job with its id exists.
+/// A lost race is reported as `ConditionFailed`.
+pub async fn create(store: &dyn JobStore, record: &JobRecord) -> Result<(), StoreError> {
+    let key = job_key(&record.id);
+    let mut entry = Attributes::new();
+    entry.insert("id".into(), Value::String(record.id.to_string()));
+    let ops = vec![
+        TxOp::Put {
+            key: key.clone(),
+            attrs: record.to_attrs()?,
+            condition: Condition::NotExists,
+        },
+        TxOp::Put {
+            key: index_key(record.created_ms, &record.id),
+            attrs: entry,
+            condition: Condition::Always,
+        },
+    ];
+    match store.transact(ops).await {
+        Err(StoreError::TransactionCanceled { .. }) => Err(StoreError::ConditionFailed(key)),
+        other => other,
+    }
+}
+
+/// A page of the job list (ids in creation order) after the cursor `after`.
+pub async fn list(
+    store: &dyn JobStore,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<JobId>, Option<String>), StoreError> {
+    let page = store.query(INDEX_PK, "", after, limit).await?;
+    let ids = page
+        .items
+        .iter()
+        .filter_map(|item| item.attrs.get("id").and_then(Value::as_str))
+        .filter_map(|id| JobId::parse(id).ok())
+        .collect();
+    Ok((ids, page.next))
 }
 
 /// Writes the record if it is still at `version` (optimistic lock). Returns the new version.

@@ -1,4 +1,4 @@
-//! Submitting a job: one job per request. The job record is created with a conditional
+//! Submitting and cancelling jobs. One job per request: The job record is created with a conditional
 //! put, so concurrent identical requests produce exactly one run; the others join it, and a
 //! request for a finished job gets the stored result at once.
 
@@ -134,4 +134,44 @@ fn submission(id: JobId, disposition: Disposition, record: JobRecord) -> Submiss
         disposition,
         record,
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no job {0}")]
+    NotFound(JobId),
+    #[error("job {0} has already ended ({1})")]
+    AlreadyEnded(JobId, JobStatus),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Asks a job to stop: its daemon ends it as `cancelled` and tears its resources down.
+/// Returns the record as written (`cancel_requested` set).
+pub async fn cancel(svc: &Services, id: &JobId) -> Result<JobRecord, CancelError> {
+    let store = svc.store.as_ref();
+    for _ in 0..MAX_RACES {
+        let Some(Versioned {
+            mut record,
+            version,
+        }) = record::load(store, id).await?
+        else {
+            return Err(CancelError::NotFound(id.clone()));
+        };
+        if record.status.is_terminal() {
+            return Err(CancelError::AlreadyEnded(id.clone(), record.status));
+        }
+        record.cancel_requested = true;
+        match record::save(store, &record, version).await {
+            Ok(_) => {
+                svc.nudge(id).await?;
+                return Ok(record);
+            }
+            Err(StoreError::ConditionFailed(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Backend("too many concurrent writers on one job record".into()).into())
 }

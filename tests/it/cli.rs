@@ -251,7 +251,9 @@ fn status_and_result_read_the_stored_job() {
     let (status, out) = sluice_json(dir.path(), &["status", id, "--json"]);
     assert!(out.status.success());
     assert_eq!(status["status"], "done");
-    assert_eq!(status["request"]["params"]["messages"], 50);
+    assert_eq!(status["params"]["messages"], 50);
+    assert_eq!(status["type"], "wordcount");
+    assert_eq!(status["stages"].as_array().unwrap().len(), 4);
     let (result, out) = sluice_json(dir.path(), &["result", id, "--json"]);
     assert!(out.status.success());
     assert_eq!(result["result"], run["result"]);
@@ -303,7 +305,7 @@ fn a_killed_run_continues_exactly() {
         let out = sluice(dir.path(), &["status", &id, "--json"]);
         if out.status.success() {
             let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-            let reduced = status["progress"]
+            let reduced = status["stages"]
                 .as_array()
                 .and_then(|stages| stages.last())
                 .and_then(|s| s["done"].as_u64())

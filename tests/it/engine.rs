@@ -149,3 +149,156 @@ async fn concurrent_identical_requests_make_one_job() {
         .unwrap();
     assert_eq!(again.disposition, Disposition::Cached);
 }
+
+/// A composite job type for the test: the sum of `wordcount` jobs of `from..=to` messages,
+/// each part a job of its own.
+struct WordcountRange;
+
+impl orchestration::flow::JobType for WordcountRange {
+    fn name(&self) -> &'static str {
+        "wordcount-range"
+    }
+    fn flow_version(&self) -> u32 {
+        1
+    }
+    fn normalize(
+        &self,
+        params: &serde_json::Value,
+    ) -> Result<serde_json::Value, orchestration::job::ValidationError> {
+        let mut r = orchestration::job::ParamReader::new(params)?;
+        r.integer("from", 1, 1000, None)?;
+        r.integer("to", 1, 1000, None)?;
+        r.finish()
+    }
+    fn flow(
+        &self,
+        _params: &serde_json::Value,
+    ) -> Result<orchestration::flow::Flow, orchestration::job::ValidationError> {
+        use orchestration::flow::{Flow, Function, Stage, Step};
+        Ok(Flow {
+            size: 0,
+            stages: vec![Stage {
+                name: "reduce".into(),
+                function: Function::Reduce,
+                component: "sum",
+                step: Step::Reduce(Arc::new(orchestration::components::Sum)),
+            }],
+        })
+    }
+    fn parts(
+        &self,
+        params: &serde_json::Value,
+    ) -> Result<Option<Vec<JobRequest>>, orchestration::job::ValidationError> {
+        let (from, to) = (
+            params["from"].as_u64().unwrap_or(1),
+            params["to"].as_u64().unwrap_or(0),
+        );
+        Ok(Some(
+            (from..=to).map(|m| wordcount(m * 100, 10, false)).collect(),
+        ))
+    }
+}
+
+fn registry() -> orchestration::flow::Registry {
+    orchestration::flow::Registry::new(vec![
+        Arc::new(orchestration::jobs::Wordcount),
+        Arc::new(WordcountRange),
+    ])
+}
+
+async fn invocations(engine: &Engine, id: &JobId, attempt: u32) -> u64 {
+    engine.log.flush().await;
+    engine
+        .log
+        .stats(id.as_str(), attempt)
+        .unwrap()
+        .iter()
+        .map(|s| s.invocations)
+        .sum()
+}
+
+/// Overlapping composite requests compute each shared part once: 1..=3 then 2..=4 runs
+/// only part 4 the second time; two concurrent overlapping requests share their parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_jobs_reuse_their_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        dir.path(),
+        EngineOptions {
+            registry: Some(registry()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let range = |from: u64, to: u64| JobRequest {
+        job_type: "wordcount-range".into(),
+        params: json!({"from": from, "to": to}),
+    };
+    let store = engine.services.store.clone();
+    let load = |id: JobId| {
+        let store = store.clone();
+        async move {
+            record::load(store.as_ref(), &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+        }
+    };
+
+    let first = submit(&engine.services, &range(1, 3), &SubmitOptions::default())
+        .await
+        .unwrap();
+    run_until_done(&engine, std::slice::from_ref(&first.id)).await;
+    let rec = load(first.id.clone()).await;
+    assert_eq!(rec.status, JobStatus::Done);
+    // 100 + 200 + 300 messages of 5 words.
+    assert_eq!(rec.outcome.unwrap().result.unwrap()["total_words"], 3_000);
+    assert_eq!(rec.parts_computed, [true, true, true]);
+    let before: Vec<u64> = {
+        let mut v = Vec::new();
+        for part in &rec.parts {
+            v.push(invocations(&engine, part, 1).await);
+        }
+        v
+    };
+    assert!(before.iter().all(|n| *n > 0));
+
+    let second = submit(&engine.services, &range(2, 4), &SubmitOptions::default())
+        .await
+        .unwrap();
+    run_until_done(&engine, std::slice::from_ref(&second.id)).await;
+    let rec2 = load(second.id.clone()).await;
+    assert_eq!(rec2.outcome.unwrap().result.unwrap()["total_words"], 4_500);
+    assert_eq!(
+        rec2.parts_computed,
+        [false, false, true],
+        "only part 4 was computed"
+    );
+    assert_eq!(rec2.parts[..2], rec.parts[1..]);
+    for (part, n) in rec.parts[1..].iter().zip(&before[1..]) {
+        assert_eq!(
+            invocations(&engine, part, 1).await,
+            *n,
+            "a shared part ran again"
+        );
+    }
+    assert!(invocations(&engine, &rec2.parts[2], 1).await > 0);
+
+    // Concurrent overlapping requests: parts 5..=6 are submitted by both, computed once.
+    let a = submit(&engine.services, &range(5, 7), &SubmitOptions::default())
+        .await
+        .unwrap();
+    let b = submit(&engine.services, &range(4, 6), &SubmitOptions::default())
+        .await
+        .unwrap();
+    run_until_done(&engine, &[a.id.clone(), b.id.clone()]).await;
+    let (ra, rb) = (load(a.id).await, load(b.id).await);
+    assert_eq!(ra.outcome.unwrap().result.unwrap()["total_words"], 9_000);
+    assert_eq!(rb.outcome.unwrap().result.unwrap()["total_words"], 7_500);
+    assert_eq!(ra.parts[..2], rb.parts[1..]);
+    let computed = ra.parts_computed.iter().filter(|c| **c).count()
+        + rb.parts_computed.iter().filter(|c| **c).count();
+    assert_eq!(computed, 3, "parts 5, 6 and 7 were each computed once");
+}

@@ -2,9 +2,11 @@
 //! number of transforms, one reduce. Every transform is deterministic, which is what makes
 //! redelivery harmless: a duplicate produces the same partial, and the ledger drops it.
 
+pub mod blob_lines;
 mod filter;
 mod sum;
 mod synthetic_text;
+mod tweet_match;
 mod word_count;
 
 use std::sync::Arc;
@@ -15,9 +17,11 @@ use serde_json::Value;
 
 use crate::ports::Blobs;
 
+pub use blob_lines::BlobLines;
 pub use filter::Filter;
 pub use sum::Sum;
 pub use synthetic_text::SyntheticText;
+pub use tweet_match::TweetMatch;
 pub use word_count::WordCount;
 
 #[derive(Debug, thiserror::Error)]

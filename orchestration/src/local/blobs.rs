@@ -8,13 +8,13 @@
 //! A key `a/b/c` is the file `<root>/a/b/c`. Unlike S3, the file system cannot hold both `a`
 //! and `a/b`; writing the second fails with a backend error.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::ports::{BlobError, Blobs};
+use crate::ports::{BlobError, BlobSize, Blobs};
 
 /// Files being written are named `.tmp-…` next to their destination; listings skip them and
 /// keys may not use the prefix, so a temp file is never mistaken for an object.
@@ -134,6 +134,39 @@ fn get_blocking(path: &Path) -> io::Result<Option<Vec<u8>>> {
         Err(_) if path.is_dir() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+fn get_range_blocking(path: &Path, start: u64, end: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.is_dir() {
+        return Ok(None);
+    }
+    // Objects are replaced by rename, never written in place: this handle reads one version.
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(end.saturating_sub(start))
+        .read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+fn list_sizes_blocking(root: &Path, prefix: &str) -> io::Result<Vec<BlobSize>> {
+    let mut out = Vec::new();
+    for key in list_blocking(root, prefix)? {
+        match fs::metadata(root.join(&key)) {
+            Ok(meta) => out.push(BlobSize {
+                key,
+                size: meta.len(),
+            }),
+            // Deleted since the listing: it is no longer an object.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
@@ -262,6 +295,23 @@ impl Blobs for FileBlobs {
         let root = self.root.clone();
         Self::blocking(move || delete_blocking(&root, &path)).await
     }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(key)?;
+        Self::blocking(move || get_range_blocking(&path, start, end)).await
+    }
+
+    async fn list_sizes(&self, prefix: &str) -> Result<Vec<BlobSize>, BlobError> {
+        validate_prefix(prefix)?;
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        Self::blocking(move || list_sizes_blocking(&root, &prefix)).await
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +360,69 @@ mod tests {
         // A directory is not an object.
         blobs.put("dir/child", b"x".to_vec()).await.unwrap();
         assert_eq!(blobs.get("dir").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn ranges_and_sizes_match_the_default_implementation() {
+        /// The trait's defaults, over the same files: what an adapter without ranges does.
+        struct Defaults(FileBlobs);
+        #[async_trait]
+        impl Blobs for Defaults {
+            async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+                self.0.put(key, bytes).await
+            }
+            async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+                self.0.put_if_absent(key, bytes).await
+            }
+            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+                self.0.get(key).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+                self.0.list(prefix).await
+            }
+            async fn delete(&self, key: &str) -> Result<(), BlobError> {
+                self.0.delete(key).await
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FileBlobs::open(dir.path()).unwrap();
+        let defaults = Defaults(FileBlobs::open(dir.path()).unwrap());
+        blobs.put("d/ten", b"0123456789".to_vec()).await.unwrap();
+        blobs.put("d/empty", Vec::new()).await.unwrap();
+        blobs.put("e/x", b"x".to_vec()).await.unwrap();
+        for adapter in [&blobs as &dyn Blobs, &defaults] {
+            let range = |s, e| adapter.get_range("d/ten", s, e);
+            assert_eq!(range(0, 10).await.unwrap().unwrap(), b"0123456789");
+            assert_eq!(range(3, 5).await.unwrap().unwrap(), b"34");
+            assert_eq!(range(8, 100).await.unwrap().unwrap(), b"89");
+            assert_eq!(range(10, 20).await.unwrap().unwrap(), b"");
+            assert_eq!(range(15, 20).await.unwrap().unwrap(), b"");
+            assert_eq!(range(5, 2).await.unwrap().unwrap(), b"");
+            assert_eq!(adapter.get_range("d/none", 0, 1).await.unwrap(), None);
+            assert_eq!(adapter.get_range("d", 0, 1).await.unwrap(), None);
+            assert_eq!(
+                adapter.get_range("d/empty", 0, 1).await.unwrap().unwrap(),
+                b""
+            );
+            assert_eq!(
+                adapter.list_sizes("d/").await.unwrap(),
+                [
+                    BlobSize {
+                        key: "d/empty".into(),
+                        size: 0
+                    },
+                    BlobSize {
+                        key: "d/ten".into(),
+                        size: 10
+                    }
+                ]
+            );
+            assert!(adapter.list_sizes("nothing/").await.unwrap().is_empty());
+        }
+        assert!(matches!(
+            blobs.get_range("../x", 0, 1).await,
+            Err(BlobError::InvalidKey(_))
+        ));
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub enum EngineError {
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     pub faults: Faults,
+    /// The job types (default: every job type sluice ships).
+    pub registry: Option<Registry>,
     pub settings: Option<Settings>,
     pub runtime: RuntimeConfig,
 }
@@ -112,7 +114,7 @@ impl Engine {
             blobs,
             mappings: mappings.clone(),
             clock: Arc::new(SystemClock),
-            registry: Registry::default(),
+            registry: options.registry.unwrap_or_default(),
             settings,
             faults: options.faults,
         });

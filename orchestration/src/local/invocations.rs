@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::open_sqlite;
+use crate::ports::{StageStats, Telemetry, TelemetryError};
 
 /// How an invocation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -62,22 +63,6 @@ impl InvocationRecord {
             self.duration_us.div_ceil(1000).max(1)
         }
     }
-}
-
-/// Per-stage totals for one job.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct StageStats {
-    pub stage: String,
-    pub function: String,
-    pub invocations: u64,
-    /// Messages handled successfully.
-    pub messages: u64,
-    pub failed_messages: u64,
-    /// Invocations that failed as a whole (error, panic, timeout).
-    pub failed_invocations: u64,
-    pub throttles: u64,
-    pub billed_ms: u64,
-    pub max_concurrency_seen: u64,
 }
 
 #[derive(Clone)]
@@ -151,7 +136,6 @@ impl InvocationLog {
                     failed_invocations: row.get::<_, i64>(5)? as u64,
                     throttles: row.get::<_, i64>(6)? as u64,
                     billed_ms: row.get::<_, i64>(7)? as u64,
-                    max_concurrency_seen: 0,
                 })
             })
             .map_err(backend)?;
@@ -247,4 +231,17 @@ fn write(conn: &Mutex<Connection>, records: &[InvocationRecord]) -> Result<(), L
         }
     }
     tx.commit().map_err(backend)
+}
+
+#[async_trait::async_trait]
+impl Telemetry for InvocationLog {
+    async fn stage_stats(
+        &self,
+        job: &str,
+        attempt: u32,
+    ) -> Result<Vec<StageStats>, TelemetryError> {
+        self.flush().await;
+        self.stats(job, attempt)
+            .map_err(|e| TelemetryError(e.to_string()))
+    }
 }

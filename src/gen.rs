@@ -1,0 +1,98 @@
+//! `sluice gen`: writes input data sets into the blob store jobs read from.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use orchestration::local::FileBlobs;
+use orchestration::tweets::generator::{self, GenOptions, MAX_TWEETS_PER_PART};
+use orchestration::tweets::Day;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum GenCommand {
+    /// Tweets in the Twitter API v1.1 JSON format, one per line, under
+    /// tweets/YYYY-MM-DD/part-NNNNN.jsonl (.jsonl.gz with --gzip). Regenerating a day
+    /// replaces it.
+    Tweets(TweetsArgs),
+}
+
+#[derive(Args)]
+pub struct TweetsArgs {
+    /// First day, YYYY-MM-DD.
+    #[arg(long)]
+    from: Day,
+    /// Last day, YYYY-MM-DD (inclusive; at most 366 days after --from).
+    #[arg(long)]
+    to: Day,
+    /// Tweets per day (a few malformed lines come on top).
+    #[arg(long)]
+    per_day: u64,
+    /// The same seed gives the same bytes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tweets per part file (at most 100,000).
+    #[arg(long, default_value_t = MAX_TWEETS_PER_PART)]
+    per_part: u64,
+    /// Write gzip-compressed parts (.jsonl.gz).
+    #[arg(long)]
+    gzip: bool,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(state_dir: &Path, command: GenCommand) -> Result<i32> {
+    let GenCommand::Tweets(args) = command;
+    let options = GenOptions {
+        from: args.from,
+        to: args.to,
+        per_day: args.per_day,
+        per_part: args.per_part,
+        seed: args.seed,
+        gzip: args.gzip,
+    };
+    options.validate()?;
+    // The engine keeps its blobs here (`Engine::open`); opening only the blob store keeps
+    // `gen` off the engine's databases, so it can run beside a live engine.
+    let root = state_dir.join("blobs");
+    let blobs = FileBlobs::open(&root)
+        .with_context(|| format!("opening the blob store {}", root.display()))?;
+    let started = Instant::now();
+    let summary = generator::generate(&blobs, &options).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let rate = summary.tweets as f64 / secs.max(1e-9);
+    if args.json {
+        let mut doc = serde_json::to_value(&summary)?;
+        doc["wall_ms"] = json!(secs * 1e3);
+        doc["tweets_per_second"] = json!(rate.round());
+        doc["prefix"] = json!(generator::TWEETS_PREFIX);
+        println!("{doc}");
+        return Ok(0);
+    }
+    println!(
+        "wrote {} tweets (+{} malformed lines) for {} days ({} to {}) in {} objects, {:.1} MB",
+        summary.tweets,
+        summary.malformed_lines,
+        summary.days,
+        options.from,
+        options.to,
+        summary.objects,
+        summary.bytes as f64 / 1e6
+    );
+    println!(
+        "  under {}/{}  ({:.2} s, {:.0} tweets/s)",
+        root.display(),
+        generator::TWEETS_PREFIX,
+        secs,
+        rate
+    );
+    if summary.removed_objects > 0 {
+        println!(
+            "  replaced {} objects from an earlier run",
+            summary.removed_objects
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,409 @@
+//! The fire-tweets job end to end: generated tweets, counted by the engine, checked against
+//! a plain loop over the generated files.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use orchestration::job::{JobId, JobRequest, JobStatus};
+use orchestration::local::{Engine, EngineOptions, FileBlobs};
+use orchestration::record;
+use orchestration::submit::{submit, Disposition, SubmitOptions};
+use orchestration::tweets::{generate, Day, GenOptions};
+use serde_json::{json, Value};
+
+use crate::support::{sluice, sluice_json};
+
+const FROM: &str = "2018-11-01";
+const TO: &str = "2018-11-03";
+
+fn day(s: &str) -> Day {
+    s.parse().unwrap()
+}
+
+fn options(per_day: u64, gzip: bool) -> GenOptions {
+    GenOptions {
+        from: day(FROM),
+        to: day(TO),
+        per_day,
+        per_part: 1_000,
+        seed: 2018,
+        gzip,
+    }
+}
+
+/// `created_at` ("Thu Nov 01 12:34:56 +0000 2018") → (year, month, day), written out here
+/// rather than borrowed from the code under test.
+fn created_on(created_at: &str) -> Option<(i64, i64, i64)> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let f: Vec<&str> = created_at.split(' ').collect();
+    if f.len() != 6 || f[4] != "+0000" || f[3].len() != 8 || f[2].len() != 2 {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == f[1])? as i64 + 1;
+    Some((f[5].parse().ok()?, month, f[2].parse().ok()?))
+}
+
+/// What fire-tweets with the default keywords must answer, computed the obvious way: every
+/// line of every object under each day's folder, parsed with serde_json; a tweet counts for
+/// its folder's day only if it was created that day.
+fn expected_from_files(blob_root: &Path, country: &str, days: &[&str]) -> Value {
+    let (mut scanned, mut malformed, mut outside, mut in_country, mut matching) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut cities: BTreeMap<String, u64> = BTreeMap::new();
+    for d in days {
+        let folder_day: Vec<i64> = d.split('-').map(|x| x.parse().unwrap()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(blob_root.join("tweets").join(d))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files {
+            let raw = std::fs::read(&path).unwrap();
+            let bytes = if path.extension().is_some_and(|e| e == "gz") {
+                let mut out = Vec::new();
+                flate2::read::MultiGzDecoder::new(raw.as_slice())
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            } else {
+                raw
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            for line in text.lines() {
+                let tweet = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+                    let on = created_on(v["created_at"].as_str()?)?;
+                    v["text"].is_string().then_some((v, on))
+                });
+                let Some((t, (y, m, dd))) = tweet else {
+                    malformed += 1;
+                    continue;
+                };
+                scanned += 1;
+                if [y, m, dd] != folder_day[..] {
+                    outside += 1;
+                    continue;
+                }
+                if t["place"]["country_code"] != country {
+                    continue;
+                }
+                in_country += 1;
+                // The default keywords: fire, "fire truck", "fire engine", #fire. Every
+                // phrase contains the word "fire"; as hashtags, they are these.
+                let lower = t["text"].as_str().unwrap().to_lowercase();
+                let word_fire = lower
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .any(|w| w == "fire");
+                let tag_fire = t["entities"]["hashtags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["text"].as_str().unwrap().to_lowercase())
+                    .any(|h| ["fire", "firetruck", "fireengine"].contains(&h.as_str()));
+                if word_fire || tag_fire {
+                    matching += 1;
+                    *cities
+                        .entry(t["place"]["name"].as_str().unwrap().to_owned())
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    json!({
+        "cities": cities,
+        "matching": matching,
+        "tweets_in_country": in_country,
+        "tweets_scanned": scanned,
+        "tweets_outside_range": outside,
+        "malformed_lines": malformed,
+    })
+}
+
+fn fire_tweets(params: Value) -> JobRequest {
+    JobRequest {
+        job_type: "fire-tweets".into(),
+        params,
+    }
+}
+
+/// Runs the engine until every job has ended and been torn down.
+async fn run_until_done(engine: &Engine, ids: &[JobId]) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let waiter = async {
+        let guard = Instant::now(); // a hang guard, not a timing assertion
+        loop {
+            let mut open = 0;
+            for id in ids {
+                let v = record::load(engine.services.store.as_ref(), id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                open += usize::from(!(v.record.status.is_terminal() && v.record.torn_down));
+            }
+            if open == 0 {
+                break;
+            }
+            assert!(
+                guard.elapsed() < Duration::from_secs(600),
+                "jobs never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+    };
+    tokio::join!(
+        engine.run(async {
+            let _ = stopped.await;
+        }),
+        waiter
+    );
+}
+
+/// Generates 3 days × 3,000 tweets, runs fire-tweets for GB and for IE, and compares each
+/// result with the plain count.
+async fn count_and_compare(dir: &Path, faults: &str, gzip: bool) {
+    let engine = Engine::open(
+        dir,
+        EngineOptions {
+            faults: faults.parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let summary = generate(engine.services.blobs.as_ref(), &options(3_000, gzip))
+        .await
+        .unwrap();
+    assert_eq!((summary.tweets, summary.objects), (9_000, 9));
+
+    let mut jobs = Vec::new();
+    for country in ["GB", "IE"] {
+        // 64 KiB partitions: ~60 of them per day, so many lines straddle a boundary (and a
+        // gzip part is cut into several partitions).
+        let request = fire_tweets(json!({"country": country, "from": FROM, "to": TO,
+                                         "partition_bytes": 65_536}));
+        let s = submit(&engine.services, &request, &SubmitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(s.disposition, Disposition::Created);
+        jobs.push((s.id, country));
+    }
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.0.clone()).collect();
+    run_until_done(&engine, &ids).await;
+
+    let days = ["2018-11-01", "2018-11-02", "2018-11-03"];
+    for (id, country) in &jobs {
+        let rec = record::load(engine.services.store.as_ref(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        let outcome = rec.outcome.clone().unwrap();
+        assert_eq!(
+            rec.status,
+            JobStatus::Done,
+            "{country}: {:?}",
+            outcome.error
+        );
+        assert_eq!(outcome.coverage, 1.0);
+        assert!(
+            rec.total_partitions.unwrap() >= 9,
+            "{:?}",
+            rec.total_partitions
+        );
+        let result = outcome.result.unwrap();
+        let expected = expected_from_files(&dir.join("blobs"), country, &days);
+        assert_eq!(result, expected, "{country} under `{faults}`");
+        // The data is what it claims to be: fire is rare, there are misses to avoid, and a
+        // few lines are broken.
+        assert!(result["malformed_lines"].as_u64().unwrap() >= 1, "{result}");
+        if !faults.is_empty() {
+            // The faults did happen: deliveries beyond one per partition, failed invocations.
+            engine.log.flush().await;
+            let stats = engine.log.stats(id.as_str(), rec.attempt).unwrap();
+            let delivered: u64 = stats.iter().map(|s| s.messages + s.failed_messages).sum();
+            let failed: u64 = stats.iter().map(|s| s.failed_invocations).sum();
+            let planned = rec.total_partitions.unwrap() * 2; // match + reduce
+            assert!(delivered > planned && failed > 0, "{stats:?}");
+        }
+        if *country == "GB" {
+            assert!(result["matching"].as_u64().unwrap() > 20, "{result}");
+            assert!(result["cities"].as_object().unwrap().len() > 3, "{result}");
+        }
+    }
+    // Nothing leaks: only the control queue and its DLQ, only the control mapping.
+    let queues = engine.services.queues.list_queues("sluice-").await.unwrap();
+    assert_eq!(queues.len(), 2, "{queues:?}");
+    let mappings = engine.services.mappings.list_mappings(None).await.unwrap();
+    assert_eq!(mappings.len(), 1, "{mappings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_tweets_match_a_plain_count() {
+    let dir = tempfile::tempdir().unwrap();
+    count_and_compare(dir.path(), "", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_tweets_are_exact_under_faults_on_gzip_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    count_and_compare(dir.path(), "duplicate=0.2,crash=0.1,daemon-crash=0.2", true).await;
+}
+
+/// Same seed, same bytes (plain and gzip); another seed, other bytes; regenerating a day
+/// with fewer parts leaves none of the old ones behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_tweets_are_deterministic() {
+    async fn files(opts: &GenOptions) -> (tempfile::TempDir, BTreeMap<String, Vec<u8>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FileBlobs::open(dir.path()).unwrap();
+        generate(&blobs, opts).await.unwrap();
+        let mut out = BTreeMap::new();
+        for key in orchestration::ports::Blobs::list(&blobs, "tweets/")
+            .await
+            .unwrap()
+        {
+            let bytes = std::fs::read(dir.path().join(&key)).unwrap();
+            out.insert(key, bytes);
+        }
+        (dir, out)
+    }
+    for gzip in [false, true] {
+        let opts = options(2_500, gzip);
+        let (_a, first) = files(&opts).await;
+        let (_b, second) = files(&opts).await;
+        assert_eq!(first.len(), 9, "3 days of 3 parts");
+        assert_eq!(first, second, "gzip: {gzip}");
+        let mut other = opts.clone();
+        other.seed += 1;
+        let (_c, third) = files(&other).await;
+        assert_eq!(
+            first.keys().collect::<Vec<_>>(),
+            third.keys().collect::<Vec<_>>()
+        );
+        assert!(first.values().zip(third.values()).all(|(a, b)| a != b));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = FileBlobs::open(dir.path()).unwrap();
+    generate(&blobs, &options(2_500, false)).await.unwrap();
+    let mut fewer = options(900, true);
+    fewer.to = fewer.from;
+    let summary = generate(&blobs, &fewer).await.unwrap();
+    assert_eq!(summary.removed_objects, 3);
+    let keys = orchestration::ports::Blobs::list(&blobs, "tweets/2018-11-01/")
+        .await
+        .unwrap();
+    assert_eq!(keys, ["tweets/2018-11-01/part-00000.jsonl.gz"]);
+}
+
+/// `sluice gen tweets` then `sluice run fire-tweets`, as a user would.
+#[test]
+fn cli_generates_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gen, out) = sluice_json(
+        dir.path(),
+        &[
+            "gen",
+            "tweets",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--per-day",
+            "2000",
+            "--seed",
+            "5",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{gen}");
+    assert_eq!(gen["tweets"], 6_000);
+    assert_eq!(gen["objects"], 3);
+
+    let run = [
+        "run",
+        "fire-tweets",
+        "--country",
+        "GB",
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--partition-bytes",
+        "200000",
+        "--json",
+    ];
+    let (first, out) = sluice_json(dir.path(), &run);
+    assert!(out.status.success(), "{first}");
+    assert_eq!(first["status"], "done");
+    let days = ["2018-11-01", "2018-11-02", "2018-11-03"];
+    let expected = expected_from_files(&dir.path().join("blobs"), "GB", &days);
+    assert_eq!(first["result"], expected);
+    let stages: Vec<_> = first["stats"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stages, ["feed", "match", "reduce"]);
+
+    // The same request (keywords in another spelling) is the same job: cached.
+    let mut again = run.to_vec();
+    again.extend([
+        "--keyword",
+        "FIRE",
+        "--keyword",
+        "#Fire",
+        "--keyword",
+        "fire  truck",
+    ]);
+    again.extend(["--keyword", "Fire-Engine"]);
+    let (second, out) = sluice_json(dir.path(), &again);
+    assert!(out.status.success());
+    assert_eq!(
+        (second["cached"].as_bool(), &second["job_id"]),
+        (Some(true), &first["job_id"])
+    );
+
+    // Bad parameters name the field and create nothing.
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            "fire-tweets",
+            "--country",
+            "gb",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("params.country"), "{stderr}");
+
+    // A day that was never generated fails the job by name, rather than counting zero.
+    let (missing, out) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "fire-tweets",
+            "--country",
+            "GB",
+            "--from",
+            FROM,
+            "--to",
+            "2018-11-04",
+            "--json",
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(missing["status"], "failed");
+    let error = missing["error"].as_str().unwrap_or_default();
+    assert!(error.contains("tweets/2018-11-04/"), "{missing}");
+}
