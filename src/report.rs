@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use orchestration::job::{JobId, JobStatus};
 use orchestration::local::Engine;
-use orchestration::record;
+use orchestration::ports::StageStats;
+use orchestration::record::{self, JobRecord};
 use serde_json::{json, Value};
 
 /// Prints the job's outcome; returns the process exit code (0 only for a done job).
@@ -21,9 +22,7 @@ pub async fn finished(
     };
     let rec = v.record;
     engine.log.flush().await;
-    let mut stages = engine.log.stats(id.as_str(), rec.attempt)?;
-    // Flow order, not alphabetical.
-    stages.sort_by_key(|s| rec.stages.iter().position(|r| r.name == s.stage));
+    let stages = job_stats(engine, &rec).await?;
     let billed_ms: u64 = stages.iter().map(|s| s.billed_ms).sum();
     let invocations: u64 = stages.iter().map(|s| s.invocations).sum();
     let outcome = rec.outcome.clone();
@@ -51,6 +50,9 @@ pub async fn finished(
                 "invocations": invocations,
                 "billed_ms": billed_ms,
                 "stages": stages,
+                "parts": rec.parts.iter().zip(&rec.parts_computed).map(|(id, computed)| {
+                    json!({"job_id": id, "computed": computed})
+                }).collect::<Vec<_>>(),
             },
         });
         println!("{document}");
@@ -109,4 +111,39 @@ pub async fn finished(
         "total", invocations, "", "", "", billed_ms
     );
     Ok(exit)
+}
+
+/// Per-stage statistics in flow order. A composite job runs no stages itself: its figures
+/// are those of the parts it computed (parts served from the cache cost nothing now).
+async fn job_stats(engine: &Engine, rec: &JobRecord) -> Result<Vec<StageStats>> {
+    let mut own = engine.log.stats(rec.id.as_str(), rec.attempt)?;
+    own.sort_by_key(|s| rec.stages.iter().position(|r| r.name == s.stage));
+    if rec.parts.is_empty() {
+        return Ok(own);
+    }
+    let mut merged: Vec<StageStats> = Vec::new();
+    for (part, computed) in rec.parts.iter().zip(&rec.parts_computed) {
+        let Some(v) = record::load(engine.services.store.as_ref(), part).await? else {
+            continue;
+        };
+        if !computed {
+            continue;
+        }
+        let mut stats = engine.log.stats(part.as_str(), v.record.attempt)?;
+        stats.sort_by_key(|s| v.record.stages.iter().position(|r| r.name == s.stage));
+        for s in stats {
+            match merged.iter_mut().find(|m| m.stage == s.stage) {
+                Some(m) => {
+                    m.invocations += s.invocations;
+                    m.messages += s.messages;
+                    m.failed_messages += s.failed_messages;
+                    m.failed_invocations += s.failed_invocations;
+                    m.throttles += s.throttles;
+                    m.billed_ms += s.billed_ms;
+                }
+                None => merged.push(s),
+            }
+        }
+    }
+    Ok(merged)
 }

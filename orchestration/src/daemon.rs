@@ -628,12 +628,23 @@ impl Fenced {
         } else {
             String::new()
         };
-        let error = format!(
+        let mut error = format!(
             "{} of {total} partitions were dead-lettered (partitions {}{more}); coverage {coverage:.4} is below min_coverage {}",
             dead.len(),
             shown.join(", "),
             self.rec.min_coverage
         );
+        // A composite's partitions are jobs: say why each failed part failed.
+        for p in dead.iter().take(SHOWN) {
+            let Some(part) = self.rec.parts.get(*p as usize) else {
+                continue;
+            };
+            let why = match record::load(self.svc.store.as_ref(), part).await? {
+                Some(v) => v.record.outcome.and_then(|o| o.error).unwrap_or_default(),
+                None => "the part's job is gone".into(),
+            };
+            error.push_str(&format!("; part {p} (job {part}): {why}"));
+        }
         self.finish_with(
             JobStatus::Failed,
             Outcome {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::components::blob_lines::{DEFAULT_RANGE_BYTES, MAX_RANGE_BYTES, MIN_RANGE_BYTES};
 use crate::components::{BlobLines, Sum, TweetMatch};
 use crate::flow::{Flow, Function, JobType, Stage, Step};
-use crate::job::{ParamReader, ValidationError};
+use crate::job::{JobRequest, ParamReader, ValidationError};
 use crate::tweets::matching::{MAX_KEYWORDS, MAX_KEYWORD_CHARS};
 use crate::tweets::{day_prefix, Day, Keywords};
 
@@ -117,6 +117,25 @@ impl JobType for FireTweets {
 
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError> {
         read(params).map(|(_, normalized)| normalized)
+    }
+
+    /// A range of days is the merge of one job per day: each day's result is cached under
+    /// its own id, so an overlapping range computes only the days it does not share.
+    fn parts(&self, params: &Value) -> Result<Option<Vec<JobRequest>>, ValidationError> {
+        let (p, normalized) = read(params)?;
+        if p.from == p.to {
+            return Ok(None);
+        }
+        let part = |day: Day| {
+            let mut params = normalized.clone();
+            params["from"] = Value::String(day.to_string());
+            params["to"] = Value::String(day.to_string());
+            JobRequest {
+                job_type: self.name().to_owned(),
+                params,
+            }
+        };
+        Ok(Some(p.days().map(part).collect()))
     }
 
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError> {

@@ -53,6 +53,11 @@ pub struct RuntimeConfig {
     pub poll_wait: Duration,
     /// How often mappings are re-listed (other processes may change them).
     pub resync_interval: Duration,
+    /// While an invocation runs, its messages' visibility is extended this often (by twice
+    /// this). In AWS the visibility timeout is at least 6× the function timeout, so a running
+    /// batch never reappears; locally the stage queues keep a short timeout so that failed
+    /// batches come back quickly, and this keeps running ones hidden instead.
+    pub visibility_heartbeat: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -62,6 +67,7 @@ impl Default for RuntimeConfig {
             account_concurrency: 1_000,
             poll_wait: Duration::from_millis(500),
             resync_interval: Duration::from_millis(250),
+            visibility_heartbeat: Duration::from_millis(750),
         }
     }
 }
@@ -431,7 +437,25 @@ async fn invoke(ctx: &PollerContext, url: &str, function_name: &str, batch: Vec<
     let event = event(url, &batch);
     // A task of its own, so a panic is caught and a timeout can abort it.
     let mut task = tokio::spawn(async move { function.invoke(event).await });
-    let result = match tokio::time::timeout(ctx.runtime.function_timeout, &mut task).await {
+    let heartbeat = async {
+        let every = ctx.runtime.visibility_heartbeat;
+        loop {
+            tokio::time::sleep(every).await;
+            for m in &batch {
+                // A stale receipt (the message was received again) is a no-op.
+                let _ = ctx
+                    .queues
+                    .change_visibility(url, &m.receipt_handle, every * 2)
+                    .await;
+            }
+        }
+    };
+    let finished = async { tokio::time::timeout(ctx.runtime.function_timeout, &mut task).await };
+    let outcome = tokio::select! {
+        outcome = finished => outcome,
+        _ = heartbeat => return,
+    };
+    let result = match outcome {
         Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(e))) => {
             debug!(function = function_name, error = %e, "invocation failed");
@@ -556,5 +580,259 @@ mod tests {
         assert_eq!(l.active(), 2);
         l.set_limit(0);
         assert!(l.try_acquire().is_none(), "0 throttles everything");
+    }
+}
+
+/// The runtime against real local queues and mappings: what a stage function sees.
+#[cfg(test)]
+mod runtime_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::local::{SqliteMappings, SqliteQueues};
+    use crate::ports::{OutgoingMessage, QueueSpec};
+
+    /// Records every batch it gets; fails messages whose body starts with "fail", panics on
+    /// "panic", sleeps on "slow".
+    #[derive(Default)]
+    struct Probe {
+        seen: Mutex<Vec<String>>,
+        concurrent: AtomicU32,
+        max_concurrent: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Function for Probe {
+        async fn invoke(&self, event: SqsEvent) -> Result<SqsBatchResponse, String> {
+            let now = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_concurrent.fetch_max(now, Ordering::SeqCst);
+            let mut response = SqsBatchResponse::default();
+            let mut failures = Vec::new();
+            for m in &event.records {
+                let body = m.body.clone().unwrap_or_default();
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.push(body.clone());
+                }
+                if body == "panic" {
+                    panic!("a handler bug");
+                }
+                if body == "slow" {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                if body.starts_with("fail") {
+                    failures.push(m.message_id.clone().unwrap_or_default());
+                }
+            }
+            self.concurrent.fetch_sub(1, Ordering::SeqCst);
+            response.set_failures(failures);
+            Ok(response)
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        queues: Arc<SqliteQueues>,
+        mappings: Arc<SqliteMappings>,
+        log: InvocationLog,
+        queue: String,
+        dlq: String,
+    }
+
+    async fn rig(visibility: Duration) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let queues = Arc::new(SqliteQueues::open(&dir.path().join("q.db")).unwrap());
+        let mappings = Arc::new(SqliteMappings::open(&dir.path().join("m.db")).unwrap());
+        let log = InvocationLog::open(&dir.path().join("i.db")).unwrap();
+        let dlq = queues
+            .create_queue(&QueueSpec {
+                name: "dlq".into(),
+                visibility_timeout: Duration::from_secs(30),
+                dead_letter: None,
+            })
+            .await
+            .unwrap();
+        let queue = queues
+            .create_queue(&QueueSpec {
+                name: "work".into(),
+                visibility_timeout: visibility,
+                dead_letter: Some(crate::ports::DeadLetter {
+                    queue_url: dlq.clone(),
+                    max_receive_count: 3,
+                }),
+            })
+            .await
+            .unwrap();
+        Rig {
+            _dir: dir,
+            queues,
+            mappings,
+            log,
+            queue,
+            dlq,
+        }
+    }
+
+    /// Runs the runtime until `done` says so (a hang guard fails the test after 60 s).
+    async fn run_until(rig: &Rig, probe: Arc<Probe>, done: impl Fn(&Probe) -> bool) {
+        let mut runtime = EsmRuntime::new(
+            rig.queues.clone(),
+            rig.mappings.clone(),
+            Some(rig.mappings.subscribe()),
+            rig.log.clone(),
+            RuntimeConfig {
+                visibility_heartbeat: Duration::from_millis(200),
+                ..RuntimeConfig::default()
+            },
+        );
+        runtime.register("probe", probe.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let watch = async {
+            let guard = Instant::now();
+            while !done(&probe) {
+                assert!(
+                    guard.elapsed() < Duration::from_secs(60),
+                    "runtime never got there"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop.send(());
+        };
+        tokio::join!(
+            runtime.run(async {
+                let _ = stopped.await;
+            }),
+            watch
+        );
+    }
+
+    async fn map(rig: &Rig, batch_size: u32, max_concurrency: u32) {
+        let config = MappingConfig {
+            batch_size,
+            batching_window_secs: u32::from(batch_size > 10),
+            max_concurrency,
+            enabled: true,
+        };
+        rig.mappings
+            .create_mapping(&rig.queue, "probe", config, Default::default())
+            .await
+            .unwrap();
+    }
+
+    async fn send(rig: &Rig, bodies: &[&str]) {
+        let out = bodies.iter().map(|b| OutgoingMessage::new(*b)).collect();
+        rig.queues.send(&rig.queue, out).await.unwrap();
+    }
+
+    fn count(probe: &Probe, body: &str) -> usize {
+        probe
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| *b == body)
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_failures_are_retried_then_dead_lettered_and_successes_deleted() {
+        let rig = rig(Duration::from_millis(300)).await;
+        map(&rig, 10, 2).await;
+        send(&rig, &["ok-1", "fail-1", "ok-2"]).await;
+        let probe = Arc::new(Probe::default());
+        let dlq = rig.dlq.clone();
+        let queues = rig.queues.clone();
+        run_until(&rig, probe.clone(), |p| count(p, "fail-1") >= 3).await;
+        // Successes ran once; the failing message ran maxReceiveCount times, then moved.
+        assert_eq!(count(&probe, "ok-1"), 1);
+        assert_eq!(count(&probe, "ok-2"), 1);
+        let guard = Instant::now();
+        let moved = loop {
+            // The move happens on the next receive after the last failure.
+            let _ = queues
+                .receive(&rig.queue, 10, Duration::from_millis(400), None)
+                .await
+                .unwrap();
+            let got = queues
+                .receive(&dlq, 10, Duration::ZERO, None)
+                .await
+                .unwrap();
+            if !got.is_empty() || guard.elapsed() > Duration::from_secs(30) {
+                break got;
+            }
+        };
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].body, "fail-1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_fails_the_whole_batch() {
+        let rig = rig(Duration::from_millis(300)).await;
+        map(&rig, 10, 2).await;
+        send(&rig, &["ok", "panic"]).await;
+        let probe = Arc::new(Probe::default());
+        // Both messages come back after the panic: the batch failed as a whole.
+        run_until(&rig, probe.clone(), |p| count(p, "ok") >= 2).await;
+        rig.log.flush().await;
+        let records = rig.log.records("", 0).unwrap();
+        assert!(
+            records
+                .iter()
+                .any(|r| r.outcome == InvocationOutcome::Panic),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_batch_is_not_redelivered_after_its_visibility_timeout() {
+        // Visibility 500 ms, the batch takes 1.5 s: the heartbeat keeps it hidden.
+        let rig = rig(Duration::from_millis(500)).await;
+        map(&rig, 10, 2).await;
+        send(&rig, &["slow"]).await;
+        let probe = Arc::new(Probe::default());
+        let queues = rig.queues.clone();
+        let url = rig.queue.clone();
+        run_until(&rig, probe.clone(), |_| {
+            false || {
+                // Done once the message is gone from the queue (deleted after success).
+                futures::executor::block_on(queues.counts(&url))
+                    .map(|c| c.visible + c.in_flight + c.delayed == 0)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        assert_eq!(count(&probe, "slow"), 1, "delivered once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_is_capped_by_the_mapping_and_reserved_concurrency() {
+        let rig = rig(Duration::from_secs(5)).await;
+        map(&rig, 1, 3).await;
+        let bodies: Vec<String> = (0..12).map(|_| "slow".to_owned()).collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        send(&rig, &refs).await;
+        let probe = Arc::new(Probe::default());
+        run_until(&rig, probe.clone(), |p| count(p, "slow") >= 12).await;
+        assert_eq!(
+            probe.max_concurrent.load(Ordering::SeqCst),
+            3,
+            "MaximumConcurrency"
+        );
+
+        // Reserved concurrency 0 throttles the function entirely.
+        rig.mappings
+            .put_reserved_concurrency("probe", 0)
+            .await
+            .unwrap();
+        send(&rig, &["ok"]).await;
+        let probe = Arc::new(Probe::default());
+        let log = rig.log.clone();
+        // The log's writer task records within milliseconds; no flush needed to see it.
+        run_until(&rig, probe.clone(), |_| {
+            log.records("", 0)
+                .map(|r| r.iter().any(|r| r.outcome == InvocationOutcome::Throttled))
+                .unwrap_or(false)
+        })
+        .await;
+        assert_eq!(count(&probe, "ok"), 0, "never invoked while throttled");
     }
 }
