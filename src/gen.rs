@@ -56,7 +56,7 @@ pub async fn run(state_dir: &Path, command: GenCommand) -> Result<i32> {
     options.validate()?;
     // The engine keeps its blobs here (`Engine::open`); opening only the blob store keeps
     // `gen` off the engine's databases, so it can run beside a live engine.
-    let root = state_dir.join("blobs");
+    let root = state_dir.join(orchestration::local::engine::BLOBS_DIR);
     let blobs = FileBlobs::open(&root)
         .with_context(|| format!("opening the blob store {}", root.display()))?;
     let started = Instant::now();

@@ -295,6 +295,9 @@ fn main() -> Result<()> {
 async fn run(state_dir: &std::path::Path, job: JobCommand) -> Result<i32> {
     let (request, run) = job.request();
     let started = Instant::now();
+    if let Some(code) = cached_fast_path(state_dir, &request, run.json, started).await? {
+        return Ok(code);
+    }
     let engine = Engine::open(
         state_dir,
         EngineOptions {
@@ -345,7 +348,15 @@ async fn run(state_dir: &std::path::Path, job: JobCommand) -> Result<i32> {
         }
     }
     let wall = started.elapsed();
-    report::finished(&engine, &id, cached, wall, run.json).await
+    report::finished(
+        engine.services.store.as_ref(),
+        &engine.log,
+        &id,
+        cached,
+        wall,
+        run.json,
+    )
+    .await
 }
 
 async fn load(state_dir: &std::path::Path, id: &str) -> Result<(Engine, JobId)> {
@@ -389,7 +400,15 @@ async fn result(state_dir: &std::path::Path, id: &str, json: bool) -> Result<i32
     if !v.record.status.is_terminal() {
         bail!("job {id} is {}; no result yet", v.record.status);
     }
-    report::finished(&engine, &id, true, Duration::ZERO, json).await
+    report::finished(
+        engine.services.store.as_ref(),
+        &engine.log,
+        &id,
+        true,
+        Duration::ZERO,
+        json,
+    )
+    .await
 }
 
 /// The result as the user sees it: the reduce's aggregate.
@@ -451,5 +470,34 @@ fn print_remote(body: &Value, as_json: bool) {
         println!("{body}");
     } else {
         println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+    }
+}
+
+/// A finished job is answered from its record alone: no queues, mappings or runtime are
+/// opened, so a cached answer costs a couple of SQLite reads.
+async fn cached_fast_path(
+    state_dir: &std::path::Path,
+    request: &JobRequest,
+    as_json: bool,
+    started: Instant,
+) -> Result<Option<i32>> {
+    let store_path = state_dir.join(orchestration::local::engine::STORE_FILE);
+    if !store_path.exists() {
+        return Ok(None);
+    }
+    let Ok(valid) = orchestration::flow::Registry::default().validate(request) else {
+        return Ok(None); // the full path reports the error
+    };
+    let store = orchestration::local::SqliteJobStore::open(&store_path)?;
+    match record::load(&store, &valid.id).await? {
+        Some(v) if v.record.status == orchestration::job::JobStatus::Done => {
+            let log = orchestration::local::InvocationLog::open(
+                &state_dir.join(orchestration::local::engine::INVOCATIONS_FILE),
+            )?;
+            let code =
+                report::finished(&store, &log, &valid.id, true, started.elapsed(), as_json).await?;
+            Ok(Some(code))
+        }
+        _ => Ok(None),
     }
 }

@@ -4,25 +4,26 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use orchestration::job::{JobId, JobStatus};
-use orchestration::local::Engine;
-use orchestration::ports::StageStats;
+use orchestration::local::InvocationLog;
+use orchestration::ports::{JobStore, StageStats};
 use orchestration::record::{self, JobRecord};
 use serde_json::{json, Value};
 
 /// Prints the job's outcome; returns the process exit code (0 only for a done job).
 pub async fn finished(
-    engine: &Engine,
+    store: &dyn JobStore,
+    log: &InvocationLog,
     id: &JobId,
     cached: bool,
     wall: Duration,
     as_json: bool,
 ) -> Result<i32> {
-    let Some(v) = record::load(engine.services.store.as_ref(), id).await? else {
+    let Some(v) = record::load(store, id).await? else {
         bail!("no job {id}");
     };
     let rec = v.record;
-    engine.log.flush().await;
-    let stages = job_stats(engine, &rec).await?;
+    log.flush().await;
+    let stages = job_stats(store, log, &rec).await?;
     let billed_ms: u64 = stages.iter().map(|s| s.billed_ms).sum();
     let invocations: u64 = stages.iter().map(|s| s.invocations).sum();
     let outcome = rec.outcome.clone();
@@ -115,21 +116,25 @@ pub async fn finished(
 
 /// Per-stage statistics in flow order. A composite job runs no stages itself: its figures
 /// are those of the parts it computed (parts served from the cache cost nothing now).
-async fn job_stats(engine: &Engine, rec: &JobRecord) -> Result<Vec<StageStats>> {
-    let mut own = engine.log.stats(rec.id.as_str(), rec.attempt)?;
+async fn job_stats(
+    store: &dyn JobStore,
+    log: &InvocationLog,
+    rec: &JobRecord,
+) -> Result<Vec<StageStats>> {
+    let mut own = log.stats(rec.id.as_str(), rec.attempt)?;
     own.sort_by_key(|s| rec.stages.iter().position(|r| r.name == s.stage));
     if rec.parts.is_empty() {
         return Ok(own);
     }
     let mut merged: Vec<StageStats> = Vec::new();
     for (part, computed) in rec.parts.iter().zip(&rec.parts_computed) {
-        let Some(v) = record::load(engine.services.store.as_ref(), part).await? else {
+        let Some(v) = record::load(store, part).await? else {
             continue;
         };
         if !computed {
             continue;
         }
-        let mut stats = engine.log.stats(part.as_str(), v.record.attempt)?;
+        let mut stats = log.stats(part.as_str(), v.record.attempt)?;
         stats.sort_by_key(|s| v.record.stages.iter().position(|r| r.name == s.stage));
         for s in stats {
             match merged.iter_mut().find(|m| m.stage == s.stage) {

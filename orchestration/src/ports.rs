@@ -222,6 +222,19 @@ pub trait Queues: Send + Sync {
         timeout: Duration,
     ) -> Result<(), QueueError>;
     async fn counts(&self, url: &str) -> Result<QueueCounts, QueueError>;
+    /// `ChangeMessageVisibilityBatch`: the same timeout for many receipts (stale ones are
+    /// no-ops). Adapters should override this with one round trip per service batch.
+    async fn change_visibility_batch(
+        &self,
+        url: &str,
+        receipt_handles: &[String],
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        for receipt in receipt_handles {
+            self.change_visibility(url, receipt, timeout).await?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -55,17 +55,23 @@ pub struct Engine {
 }
 
 pub const CONTROL_QUEUE: &str = "control";
+/// Files under the state directory.
+pub const STORE_FILE: &str = "store.db";
+pub const QUEUES_FILE: &str = "queues.db";
+pub const MAPPINGS_FILE: &str = "mappings.db";
+pub const INVOCATIONS_FILE: &str = "invocations.db";
+pub const BLOBS_DIR: &str = "blobs";
 
 impl Engine {
     /// Opens (or creates) the engine's state under `state_dir`. Call inside a Tokio runtime.
     pub async fn open(state_dir: &Path, options: EngineOptions) -> Result<Self, EngineError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| EngineError::StateDir(state_dir.to_owned(), e))?;
-        let store = Arc::new(SqliteJobStore::open(&state_dir.join("store.db"))?);
-        let queues = Arc::new(SqliteQueues::open(&state_dir.join("queues.db"))?);
-        let blobs = Arc::new(FileBlobs::open(state_dir.join("blobs"))?);
-        let mappings = Arc::new(SqliteMappings::open(&state_dir.join("mappings.db"))?);
-        let log = InvocationLog::open(&state_dir.join("invocations.db"))?;
+        let store = Arc::new(SqliteJobStore::open(&state_dir.join(STORE_FILE))?);
+        let queues = Arc::new(SqliteQueues::open(&state_dir.join(QUEUES_FILE))?);
+        let blobs = Arc::new(FileBlobs::open(state_dir.join(BLOBS_DIR))?);
+        let mappings = Arc::new(SqliteMappings::open(&state_dir.join(MAPPINGS_FILE))?);
+        let log = InvocationLog::open(&state_dir.join(INVOCATIONS_FILE))?;
         let mut settings = options.settings.unwrap_or_default();
 
         // What `sam deploy` creates in AWS: the control queue, its DLQ, its mapping.

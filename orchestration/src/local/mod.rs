@@ -40,6 +40,9 @@ pub fn open_sqlite(path: &Path) -> rusqlite::Result<Connection> {
     // constraint is rebound (`visible_ms <= ?` on every receive, `sk > ?` on every page).
     // Without ANALYZE there are no statistics to gain from that: keep the plans.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Checkpoints happen as the WAL grows; one more on every close would make each short
+    // command (a cached answer, `status`) pay an fsync on exit.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(conn)
 }
 

@@ -55,7 +55,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use tokio::sync::Notify;
+use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
 
 use crate::ports::{
     OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, MAX_MESSAGE_BYTES,
@@ -136,7 +136,7 @@ pub struct SqliteQueues {
 /// One database file and the long pollers of its queues.
 #[derive(Debug)]
 struct Shard {
-    conn: Mutex<Connection>,
+    conn: AsyncMutex<Connection>,
     /// Long pollers of each queue, by queue name; rung after commits that may make a
     /// message visible sooner than the pollers expect.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -387,9 +387,16 @@ fn park(conn: &Connection, ids: &[i64], dlq_name: &str) -> Result<(), QueueError
     Ok(())
 }
 
+struct Candidate {
+    id: i64,
+    receive_count: i64,
+    sent_ms: i64,
+    message_id: String,
+    body: String,
+}
+
 /// Takes up to `limit` visible messages whose receive count is below `below`, hiding them
-/// until `hidden_until` under fresh receipts, in one statement: per-message statements cost
-/// more than the B-tree work they do.
+/// until `hidden_until` under fresh receipts.
 fn take(
     conn: &Connection,
     qid: i64,
@@ -399,33 +406,51 @@ fn take(
     hidden_until: i64,
 ) -> Result<Vec<ReceivedMessage>, QueueError> {
     // ORDER BY visible_ms alone (not visible_ms, id) so the index delivers rows in order
-    // and SQLite stops after LIMIT instead of sorting every visible message. random() is
-    // SQLite's CSPRNG: a new receipt token per receive is what makes older handles stale.
-    let mut stmt = conn
+    // and SQLite stops after LIMIT instead of sorting every visible message. Collected
+    // before updating: an update moves the row in the index this cursor walks.
+    let candidates = conn
         .prepare_cached(
-            "UPDATE sqs_messages
-             SET receive_count = receive_count + 1, visible_ms = ?5, receipt = random()
-             WHERE id IN (
-                 SELECT id FROM sqs_messages
-                 WHERE queue_id = ?1 AND visible_ms <= ?2 AND receive_count < ?4
-                 ORDER BY visible_ms LIMIT ?3)
-             RETURNING id, receipt, receive_count, sent_ms, message_id, body",
+            "SELECT id, receive_count, sent_ms, message_id, body FROM sqs_messages
+             WHERE queue_id = ?1 AND visible_ms <= ?2 AND receive_count < ?4
+             ORDER BY visible_ms LIMIT ?3",
         )
-        .db()?;
-    let rows = stmt
-        .query_map(params![qid, now, limit, below, hidden_until], |r| {
-            let receive_count: i64 = r.get(2)?;
-            let sent_ms: i64 = r.get(3)?;
-            Ok(ReceivedMessage {
-                receipt_handle: receipt_handle(r.get(0)?, r.get(1)?),
-                receive_count: u32::try_from(receive_count).unwrap_or(u32::MAX),
-                sent_ms: u64::try_from(sent_ms).unwrap_or(0),
-                message_id: r.get(4)?,
-                body: r.get(5)?,
+        .db()?
+        .query_map(params![qid, now, limit, below], |r| {
+            Ok(Candidate {
+                id: r.get(0)?,
+                receive_count: r.get(1)?,
+                sent_ms: r.get(2)?,
+                message_id: r.get(3)?,
+                body: r.get(4)?,
             })
         })
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
         .db()?;
-    rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    // One UPDATE per message: a single UPDATE … RETURNING measured slower (SQLite buffers
+    // the IN list and the returned rows in temporary B-trees).
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE sqs_messages
+             SET receive_count = receive_count + 1, visible_ms = ?2, receipt = ?3
+             WHERE id = ?1",
+        )
+        .db()?;
+    let mut rng = rand::rng();
+    let mut messages = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        // A new receipt token per receive is what makes older handles stale.
+        let token: i64 = rng.random();
+        update.execute(params![c.id, hidden_until, token]).db()?;
+        messages.push(ReceivedMessage {
+            message_id: c.message_id,
+            receipt_handle: receipt_handle(c.id, token),
+            body: c.body,
+            receive_count: u32::try_from(c.receive_count + 1).unwrap_or(u32::MAX),
+            sent_ms: u64::try_from(c.sent_ms).unwrap_or(0),
+        });
+    }
+    Ok(messages)
 }
 
 /// The earliest time a message of the queue becomes visible.
@@ -483,15 +508,16 @@ impl Shard {
         conn.pragma_update(None, "wal_autocheckpoint", 0).db()?;
         init_schema(&mut conn, path)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: AsyncMutex::new(conn),
             waiters: Mutex::new(HashMap::new()),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock unwound through the open Transaction, whose drop
-        // rolled it back, so the connection is still consistent.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Waits for the shard's connection without blocking the thread: a worker thread whose
+    /// task waits here runs other tasks meanwhile. (A panic while holding it unwound through
+    /// the open Transaction, whose drop rolled it back, so the connection is consistent.)
+    async fn conn(&self) -> AsyncMutexGuard<'_, Connection> {
+        self.conn.lock().await
     }
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
@@ -516,17 +542,18 @@ impl Shard {
         }
     }
 
-    fn has_queue(&self, name: &str) -> Result<bool, QueueError> {
-        Ok(find_queue(&self.conn(), name)?.is_some())
+    async fn has_queue(&self, name: &str) -> Result<bool, QueueError> {
+        Ok(find_queue(&*self.conn().await, name)?.is_some())
     }
 
-    fn upsert_queue(
+    async fn upsert_queue(
         &self,
         name: &str,
         visibility_ms: i64,
         redrive: Option<(&str, i64)>,
     ) -> Result<(), QueueError> {
         self.conn()
+            .await
             .prepare_cached(
                 "INSERT INTO sqs_queues (name, visibility_ms, dlq_name, max_receive_count)
                  VALUES (?1, ?2, ?3, ?4)
@@ -546,8 +573,8 @@ impl Shard {
         Ok(())
     }
 
-    fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
-        let mut conn = self.conn();
+    async fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let Some(id) = find_queue(&tx, name)? else {
             return Ok(());
@@ -570,8 +597,8 @@ impl Shard {
         }
     }
 
-    fn send(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
-        let mut conn = self.conn();
+    async fn send(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let qid = queue_id(&tx, name)?;
         let now = now();
@@ -596,14 +623,14 @@ impl Shard {
 
     /// One receive transaction: phase 1 of redrive for over-received messages (when the
     /// DLQ is known to exist), then the receive itself.
-    fn receive(
+    async fn receive(
         &self,
         name: &str,
         max: usize,
         visibility: Option<Duration>,
         dlq_exists: Option<bool>,
     ) -> Result<Step, QueueError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let q = queue_row(&tx, name)?;
         let now = now();
@@ -644,8 +671,8 @@ impl Shard {
         }))
     }
 
-    fn delete(&self, name: &str, handles: &[String]) -> Result<(), QueueError> {
-        let mut conn = self.conn();
+    async fn delete(&self, name: &str, handles: &[String]) -> Result<(), QueueError> {
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let qid = queue_id(&tx, name)?;
         {
@@ -661,13 +688,13 @@ impl Shard {
         tx.commit().db()
     }
 
-    fn change_visibility(
+    async fn change_visibility(
         &self,
         name: &str,
         handle: &str,
         visible_ms: i64,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let qid = queue_id(&tx, name)?;
         if let Some((id, token)) = parse_receipt(handle) {
@@ -682,8 +709,8 @@ impl Shard {
         tx.commit().db()
     }
 
-    fn counts(&self, name: &str) -> Result<QueueCounts, QueueError> {
-        let mut conn = self.conn();
+    async fn counts(&self, name: &str) -> Result<QueueCounts, QueueError> {
+        let mut conn = self.conn().await;
         let tx = conn.transaction().db()?;
         let qid = queue_id(&tx, name)?;
         let (visible, in_flight, delayed): (i64, i64, i64) = tx
@@ -707,8 +734,8 @@ impl Shard {
         })
     }
 
-    fn queue_names(&self) -> Result<Vec<String>, QueueError> {
-        let conn = self.conn();
+    async fn queue_names(&self) -> Result<Vec<String>, QueueError> {
+        let conn = self.conn().await;
         let mut stmt = conn.prepare_cached("SELECT name FROM sqs_queues").db()?;
         let names = stmt
             .query_map([], |r| r.get(0))
@@ -719,8 +746,8 @@ impl Shard {
     }
 
     /// The oldest moves in the outbox.
-    fn pending_moves(&self) -> Result<Vec<Move>, QueueError> {
-        let conn = self.conn();
+    async fn pending_moves(&self) -> Result<Vec<Move>, QueueError> {
+        let conn = self.conn().await;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT id, dlq_name, message_id, sent_ms, body FROM sqs_moves
@@ -745,8 +772,8 @@ impl Shard {
 
     /// Phase 2 of redrive, in the DLQ's shard: true if the message arrived now, false if it
     /// had arrived before or its DLQ no longer exists.
-    fn land(&self, m: &Move) -> Result<bool, QueueError> {
-        let mut conn = self.conn();
+    async fn land(&self, m: &Move) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let Some(qid) = find_queue(&tx, &m.dlq_name)? else {
             tracing::warn!(
@@ -784,8 +811,9 @@ impl Shard {
     }
 
     /// Phase 3 of redrive, in the source shard.
-    fn forget_move(&self, id: i64) -> Result<(), QueueError> {
+    async fn forget_move(&self, id: i64) -> Result<(), QueueError> {
         self.conn()
+            .await
             .prepare_cached("DELETE FROM sqs_moves WHERE id = ?1")
             .db()?
             .execute([id])
@@ -808,8 +836,10 @@ impl SqliteQueues {
             shards,
             _stop_checkpoints: spawn_checkpointer(&paths)?,
         };
+        // Nothing else holds these locks yet, so blocking on them here never waits, even
+        // when `open` runs inside an async runtime.
         for index in 0..SHARDS {
-            queues.finish_moves(index)?;
+            futures::executor::block_on(queues.finish_moves(index))?;
         }
         Ok(queues)
     }
@@ -826,7 +856,7 @@ impl SqliteQueues {
         self.shard(name).wake(name);
     }
 
-    fn create_now(&self, spec: &QueueSpec) -> Result<String, QueueError> {
+    async fn create_now(&self, spec: &QueueSpec) -> Result<String, QueueError> {
         validate_name(&spec.name)?;
         check_visibility(spec.visibility_timeout)?;
         let redrive = match &spec.dead_letter {
@@ -853,7 +883,7 @@ impl SqliteQueues {
                 // SQS refuses a redrive policy whose target does not exist. The check and
                 // the write are in different shards, so not atomic; a DLQ deleted in
                 // between only pauses redrive, which receives check anyway.
-                if !self.shard(dlq).has_queue(dlq)? {
+                if !self.shard(dlq).has_queue(dlq).await? {
                     return Err(QueueError::Invalid(format!(
                         "dead-letter target {} does not exist",
                         url_of(dlq)
@@ -862,15 +892,13 @@ impl SqliteQueues {
                 Some((dlq, i64::from(dl.max_receive_count)))
             }
         };
-        self.shard(&spec.name).upsert_queue(
-            &spec.name,
-            millis(spec.visibility_timeout),
-            redrive,
-        )?;
+        self.shard(&spec.name)
+            .upsert_queue(&spec.name, millis(spec.visibility_timeout), redrive)
+            .await?;
         Ok(url_of(&spec.name))
     }
 
-    fn send_now(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
+    async fn send_now(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
         // Validate everything first so a rejected call stores nothing.
         for m in messages {
             if m.body.len() > MAX_MESSAGE_BYTES {
@@ -886,11 +914,11 @@ impl SqliteQueues {
                 )));
             }
         }
-        self.shard(name).send(name, messages)
+        self.shard(name).send(name, messages).await
     }
 
     /// One receive without waiting, including phase 1 of redrive but not phases 2 and 3.
-    fn receive_now(
+    async fn receive_now(
         &self,
         name: &str,
         max: usize,
@@ -900,25 +928,27 @@ impl SqliteQueues {
         let mut dlq_exists = None;
         // At most two rounds: with the DLQ's existence known, the shard never asks again.
         loop {
-            match shard.receive(name, max, visibility, dlq_exists)? {
+            match shard.receive(name, max, visibility, dlq_exists).await? {
                 Step::Done(attempt) => return Ok(attempt),
-                Step::CheckDlq(dlq) => dlq_exists = Some(self.shard(&dlq).has_queue(&dlq)?),
+                Step::CheckDlq(dlq) => {
+                    dlq_exists = Some(self.shard(&dlq).has_queue(&dlq).await?);
+                }
             }
         }
     }
 
     /// Phases 2 and 3 of redrive for every move in shard `index`'s outbox. Concurrent calls
     /// may land the same move twice; `sqs_arrivals` makes the second one a no-op.
-    fn finish_moves(&self, index: usize) -> Result<(), QueueError> {
+    async fn finish_moves(&self, index: usize) -> Result<(), QueueError> {
         let source = &self.shards[index];
         loop {
-            let moves = source.pending_moves()?;
+            let moves = source.pending_moves().await?;
             for m in &moves {
                 let target = self.shard(&m.dlq_name);
-                if target.land(m)? {
+                if target.land(m).await? {
                     target.wake(&m.dlq_name);
                 }
-                source.forget_move(m.id)?;
+                source.forget_move(m.id).await?;
             }
             if moves.len() < MOVES_PER_READ as usize {
                 return Ok(());
@@ -926,7 +956,7 @@ impl SqliteQueues {
         }
     }
 
-    fn change_visibility_now(
+    async fn change_visibility_now(
         &self,
         name: &str,
         handle: &str,
@@ -935,12 +965,13 @@ impl SqliteQueues {
         check_visibility(timeout)?;
         self.shard(name)
             .change_visibility(name, handle, now() + millis(timeout))
+            .await
     }
 
-    fn queue_names(&self) -> Result<Vec<String>, QueueError> {
+    async fn queue_names(&self) -> Result<Vec<String>, QueueError> {
         let mut names = Vec::new();
         for shard in &self.shards {
-            names.extend(shard.queue_names()?);
+            names.extend(shard.queue_names().await?);
         }
         names.sort();
         Ok(names)
@@ -950,7 +981,7 @@ impl SqliteQueues {
 #[async_trait]
 impl Queues for SqliteQueues {
     async fn create_queue(&self, spec: &QueueSpec) -> Result<String, QueueError> {
-        self.create_now(spec)
+        self.create_now(spec).await
     }
 
     async fn delete_queue(&self, url: &str) -> Result<(), QueueError> {
@@ -958,21 +989,26 @@ impl Queues for SqliteQueues {
             return Ok(());
         };
         let shard = self.shard(name);
-        shard.delete_queue(name)?;
+        shard.delete_queue(name).await?;
         shard.release_waiters(name);
         Ok(())
     }
 
     async fn queue_url(&self, name: &str) -> Result<Option<String>, QueueError> {
         validate_name(name)?;
-        Ok(self.shard(name).has_queue(name)?.then(|| url_of(name)))
+        Ok(self
+            .shard(name)
+            .has_queue(name)
+            .await?
+            .then(|| url_of(name)))
     }
 
     async fn list_queues(&self, prefix: &str) -> Result<Vec<String>, QueueError> {
         // Filtered here rather than with LIKE, which is case-insensitive and treats `_` as
         // a wildcard; SQS prefixes are case-sensitive and literal.
         Ok(self
-            .queue_names()?
+            .queue_names()
+            .await?
             .into_iter()
             .filter(|n| n.starts_with(prefix))
             .map(|n| url_of(&n))
@@ -981,7 +1017,7 @@ impl Queues for SqliteQueues {
 
     async fn send(&self, url: &str, messages: Vec<OutgoingMessage>) -> Result<(), QueueError> {
         let name = existing_name(url)?;
-        self.send_now(name, &messages)?;
+        self.send_now(name, &messages).await?;
         // Delayed messages wake pollers too: they may now have an earlier time to look again.
         self.wake(name);
         Ok(())
@@ -1013,11 +1049,11 @@ impl Queues for SqliteQueues {
             tokio::pin!(notified);
             // Registered before looking, so a send that commits after our look still wakes us.
             notified.as_mut().enable();
-            let attempt = self.receive_now(name, max, visibility)?;
+            let attempt = self.receive_now(name, max, visibility).await?;
             if attempt.moves_pending {
                 // The received messages are ours now; a failed move is retried by the next
                 // receive on this shard (or the next open), so it is only worth a warning.
-                if let Err(e) = self.finish_moves(shard_of(name)) {
+                if let Err(e) = self.finish_moves(shard_of(name)).await {
                     tracing::warn!(queue = name, error = %e, "redrive to a dead-letter queue failed");
                 }
             }
@@ -1044,7 +1080,7 @@ impl Queues for SqliteQueues {
 
     async fn delete(&self, url: &str, receipt_handles: Vec<String>) -> Result<(), QueueError> {
         let name = existing_name(url)?;
-        self.shard(name).delete(name, &receipt_handles)
+        self.shard(name).delete(name, &receipt_handles).await
     }
 
     async fn change_visibility(
@@ -1054,7 +1090,8 @@ impl Queues for SqliteQueues {
         timeout: Duration,
     ) -> Result<(), QueueError> {
         let name = existing_name(url)?;
-        self.change_visibility_now(name, receipt_handle, timeout)?;
+        self.change_visibility_now(name, receipt_handle, timeout)
+            .await?;
         // A shorter timeout can make a message visible before pollers planned to look.
         self.wake(name);
         Ok(())
@@ -1062,7 +1099,7 @@ impl Queues for SqliteQueues {
 
     async fn counts(&self, url: &str) -> Result<QueueCounts, QueueError> {
         let name = existing_name(url)?;
-        self.shard(name).counts(name)
+        self.shard(name).counts(name).await
     }
 }
 

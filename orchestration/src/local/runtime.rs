@@ -439,15 +439,14 @@ async fn invoke(ctx: &PollerContext, url: &str, function_name: &str, batch: Vec<
     let mut task = tokio::spawn(async move { function.invoke(event).await });
     let heartbeat = async {
         let every = ctx.runtime.visibility_heartbeat;
+        let receipts: Vec<String> = batch.iter().map(|m| m.receipt_handle.clone()).collect();
         loop {
             tokio::time::sleep(every).await;
-            for m in &batch {
-                // A stale receipt (the message was received again) is a no-op.
-                let _ = ctx
-                    .queues
-                    .change_visibility(url, &m.receipt_handle, every * 2)
-                    .await;
-            }
+            // A stale receipt (the message was received again) is a no-op.
+            let _ = ctx
+                .queues
+                .change_visibility_batch(url, &receipts, every * 2)
+                .await;
         }
     };
     let finished = async { tokio::time::timeout(ctx.runtime.function_timeout, &mut task).await };
@@ -481,8 +480,11 @@ async fn invoke(ctx: &PollerContext, url: &str, function_name: &str, batch: Vec<
         .collect();
     let failed = (batch.len() - receipts.len()) as u32;
     if !receipts.is_empty() {
-        if let Err(e) = ctx.queues.delete(url, receipts).await {
-            warn!(function = function_name, error = %e, "delete after invocation failed");
+        match ctx.queues.delete(url, receipts).await {
+            Ok(()) => {}
+            // The job ended and its queues were torn down while a late duplicate ran.
+            Err(QueueError::NoSuchQueue(_)) => debug!(function = function_name, "queue gone"),
+            Err(e) => warn!(function = function_name, error = %e, "delete after invocation failed"),
         }
     }
     ctx.log.record(InvocationRecord {
