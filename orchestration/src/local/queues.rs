@@ -49,7 +49,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,8 +127,8 @@ CREATE TABLE IF NOT EXISTS sqs_arrivals (
 /// SQS queues in [`SHARDS`] SQLite databases; see the module docs.
 #[derive(Debug)]
 pub struct SqliteQueues {
-    /// Indexed by [`shard_of`]; always [`SHARDS`] long.
-    shards: Vec<Shard>,
+    /// Indexed by [`shard_of`]; always [`SHARDS`] long. Shared with the checkpointer thread.
+    shards: Arc<[Shard]>,
     /// Dropping it stops the checkpointer thread.
     _stop_checkpoints: mpsc::Sender<()>,
 }
@@ -346,47 +346,7 @@ fn queue_row(conn: &Connection, name: &str) -> Result<QueueRow, QueueError> {
     })
 }
 
-/// Ids of the over-received messages among the next `limit` a receive would look at.
-fn over_received(
-    conn: &Connection,
-    qid: i64,
-    now: i64,
-    limit: i64,
-    max_receive_count: i64,
-) -> Result<Vec<i64>, QueueError> {
-    // An index-only scan of the receive's window: it costs little next to the receive.
-    conn.prepare_cached(
-        "SELECT id FROM (
-             SELECT id, receive_count FROM sqs_messages
-             WHERE queue_id = ?1 AND visible_ms <= ?2
-             ORDER BY visible_ms LIMIT ?3)
-         WHERE receive_count >= ?4",
-    )
-    .db()?
-    .query_map(params![qid, now, limit, max_receive_count], |r| r.get(0))
-    .db()?
-    .collect::<rusqlite::Result<Vec<i64>>>()
-    .db()
-}
-
-/// Phase 1 of redrive: the messages leave their queue for the shard's outbox.
-fn park(conn: &Connection, ids: &[i64], dlq_name: &str) -> Result<(), QueueError> {
-    let mut copy = conn
-        .prepare_cached(
-            "INSERT INTO sqs_moves (dlq_name, message_id, sent_ms, body)
-             SELECT ?2, message_id, sent_ms, body FROM sqs_messages WHERE id = ?1",
-        )
-        .db()?;
-    let mut remove = conn
-        .prepare_cached("DELETE FROM sqs_messages WHERE id = ?1")
-        .db()?;
-    for &id in ids {
-        copy.execute(params![id, dlq_name]).db()?;
-        remove.execute([id]).db()?;
-    }
-    Ok(())
-}
-
+/// A visible message a receive looked at.
 struct Candidate {
     id: i64,
     receive_count: i64,
@@ -395,40 +355,63 @@ struct Candidate {
     body: String,
 }
 
-/// Takes up to `limit` visible messages whose receive count is below `below`, hiding them
-/// until `hidden_until` under fresh receipts.
-fn take(
+/// The next `limit` visible messages, in visibility order.
+fn visible_window(
     conn: &Connection,
     qid: i64,
     now: i64,
     limit: i64,
-    below: i64,
-    hidden_until: i64,
-) -> Result<Vec<ReceivedMessage>, QueueError> {
+) -> Result<Vec<Candidate>, QueueError> {
     // ORDER BY visible_ms alone (not visible_ms, id) so the index delivers rows in order
     // and SQLite stops after LIMIT instead of sorting every visible message. Collected
-    // before updating: an update moves the row in the index this cursor walks.
-    let candidates = conn
-        .prepare_cached(
-            "SELECT id, receive_count, sent_ms, message_id, body FROM sqs_messages
-             WHERE queue_id = ?1 AND visible_ms <= ?2 AND receive_count < ?4
-             ORDER BY visible_ms LIMIT ?3",
-        )
-        .db()?
-        .query_map(params![qid, now, limit, below], |r| {
-            Ok(Candidate {
-                id: r.get(0)?,
-                receive_count: r.get(1)?,
-                sent_ms: r.get(2)?,
-                message_id: r.get(3)?,
-                body: r.get(4)?,
-            })
+    // before anything is written: an update moves the row in the index this cursor walks.
+    conn.prepare_cached(
+        "SELECT id, receive_count, sent_ms, message_id, body FROM sqs_messages
+         WHERE queue_id = ?1 AND visible_ms <= ?2
+         ORDER BY visible_ms LIMIT ?3",
+    )
+    .db()?
+    .query_map(params![qid, now, limit], |r| {
+        Ok(Candidate {
+            id: r.get(0)?,
+            receive_count: r.get(1)?,
+            sent_ms: r.get(2)?,
+            message_id: r.get(3)?,
+            body: r.get(4)?,
         })
-        .db()?
-        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .db()?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .db()
+}
+
+/// Phase 1 of redrive: the messages leave their queue for the shard's outbox.
+fn park(conn: &Connection, dead: &[Candidate], dlq_name: &str) -> Result<(), QueueError> {
+    let mut copy = conn
+        .prepare_cached(
+            "INSERT INTO sqs_moves (dlq_name, message_id, sent_ms, body)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
         .db()?;
-    // One UPDATE per message: a single UPDATE … RETURNING measured slower (SQLite buffers
-    // the IN list and the returned rows in temporary B-trees).
+    let mut remove = conn
+        .prepare_cached("DELETE FROM sqs_messages WHERE id = ?1")
+        .db()?;
+    for c in dead {
+        copy.execute(params![dlq_name, c.message_id, c.sent_ms, c.body])
+            .db()?;
+        remove.execute([c.id]).db()?;
+    }
+    Ok(())
+}
+
+/// Delivers the messages: hidden until `hidden_until`, under fresh receipts.
+fn take(
+    conn: &Connection,
+    live: Vec<Candidate>,
+    hidden_until: i64,
+) -> Result<Vec<ReceivedMessage>, QueueError> {
+    // One UPDATE per message: a single UPDATE … RETURNING, or one UPDATE … WHERE id IN
+    // (the window), measured slower (SQLite buffers both in temporary B-trees).
     let mut update = conn
         .prepare_cached(
             "UPDATE sqs_messages
@@ -437,8 +420,8 @@ fn take(
         )
         .db()?;
     let mut rng = rand::rng();
-    let mut messages = Vec::with_capacity(candidates.len());
-    for c in candidates {
+    let mut messages = Vec::with_capacity(live.len());
+    for c in live {
         // A new receipt token per receive is what makes older handles stale.
         let token: i64 = rng.random();
         update.execute(params![c.id, hidden_until, token]).db()?;
@@ -472,25 +455,19 @@ fn outbox_nonempty(conn: &Connection) -> Result<bool, QueueError> {
         .db()
 }
 
-/// Checkpoints every shard's WAL every [`CHECKPOINT_EVERY`] on connections of its own,
-/// until the returned sender is dropped.
-fn spawn_checkpointer(paths: &[PathBuf]) -> Result<mpsc::Sender<()>, QueueError> {
-    let conns = paths
-        .iter()
-        .map(|p| super::open_sqlite(p).db())
-        .collect::<Result<Vec<_>, _>>()?;
+/// Checkpoints every shard's WAL every [`CHECKPOINT_EVERY`] until the returned sender is
+/// dropped (or the shards are).
+fn spawn_checkpointer(shards: Weak<[Shard]>) -> Result<mpsc::Sender<()>, QueueError> {
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("queue-checkpoints".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                for conn in &conns {
-                    // PASSIVE never waits for (nor blocks) the shard's writer: what it cannot
-                    // copy now, the next round copies.
-                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    if let Err(e) = done {
-                        tracing::warn!(error = %e, "queue checkpoint failed");
-                    }
+                let Some(shards) = shards.upgrade() else {
+                    return;
+                };
+                for shard in shards.iter() {
+                    shard.checkpoint();
                 }
             }
         })
@@ -503,14 +480,26 @@ impl Shard {
         let mut conn = super::open_sqlite(path).db()?;
         conn.set_prepared_statement_cache_capacity(32);
         // The checkpointer thread checkpoints instead: an automatic checkpoint would run in
-        // the committing operation, fsync under the shard's lock and stall the async worker
-        // thread that called it.
+        // the committing operation and fsync on the async worker thread that called it.
         conn.pragma_update(None, "wal_autocheckpoint", 0).db()?;
         init_schema(&mut conn, path)?;
         Ok(Self {
             conn: AsyncMutex::new(conn),
             waiters: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Copies the WAL into the database, holding the shard's lock so that none of our
+    /// operations appends to the WAL meanwhile: the checkpoint then catches up and the next
+    /// write starts the WAL over. (Unlocked, it chased a busy shard's writes and the WAL grew
+    /// to a gigabyte.) Tasks waiting for the shard meanwhile yield their threads.
+    fn checkpoint(&self) {
+        let conn = self.conn.blocking_lock();
+        // PASSIVE: another process's reader or writer is not waited for; the next round
+        // copies what this one could not.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "queue checkpoint failed");
+        }
     }
 
     /// Waits for the shard's connection without blocking the thread: a worker thread whose
@@ -635,12 +624,24 @@ impl Shard {
         let q = queue_row(&tx, name)?;
         let now = now();
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        // Messages received this often are dead letters, not deliveries; while the DLQ is
-        // missing, redrive pauses and they are delivered (SQS does the same).
-        let mut below = i64::MAX;
-        if let Some(r) = q.redrive.as_ref().filter(|_| dlq_exists != Some(false)) {
-            let dead = over_received(&tx, q.id, now, limit, r.max_receive_count)?;
-            if !dead.is_empty() {
+        let hidden_until = now + visibility.map_or(q.visibility_ms, millis);
+        // While the DLQ is missing, redrive pauses and over-received messages are delivered
+        // (SQS does the same).
+        let redrive = q.redrive.as_ref().filter(|_| dlq_exists != Some(false));
+        let mut messages = Vec::new();
+        // Redriven messages leave the queue, so when a whole window went to the DLQ we look
+        // again rather than return nothing while others are visible.
+        while messages.is_empty() {
+            let window = visible_window(&tx, q.id, now, limit)?;
+            if window.is_empty() {
+                break;
+            }
+            let (dead, live): (Vec<_>, Vec<_>) = window
+                .into_iter()
+                .partition(|c| redrive.is_some_and(|r| c.receive_count >= r.max_receive_count));
+            if let (Some(r), false) = (redrive, dead.is_empty()) {
+                // Reached before anything is written: with the DLQ unknown no earlier round
+                // parked, and none took (the loop would have ended).
                 let Some(true) = dlq_exists else {
                     return Ok(Step::CheckDlq(r.dlq_name.clone()));
                 };
@@ -652,10 +653,8 @@ impl Shard {
                     "messages leave for their dead-letter queue"
                 );
             }
-            below = r.max_receive_count;
+            messages = take(&tx, live, hidden_until)?;
         }
-        let hidden_until = now + visibility.map_or(q.visibility_ms, millis);
-        let messages = take(&tx, q.id, now, limit, below, hidden_until)?;
         let next_visible_ms = if messages.is_empty() {
             // Nothing is visible, so the smallest visible_ms is in the future.
             next_visible(&tx, q.id)?
@@ -691,20 +690,22 @@ impl Shard {
     async fn change_visibility(
         &self,
         name: &str,
-        handle: &str,
+        handles: &[impl AsRef<str>],
         visible_ms: i64,
     ) -> Result<(), QueueError> {
         let mut conn = self.conn().await;
         let tx = immediate(&mut conn)?;
         let qid = queue_id(&tx, name)?;
-        if let Some((id, token)) = parse_receipt(handle) {
-            tx.prepare_cached(
-                "UPDATE sqs_messages SET visible_ms = ?4
-                 WHERE id = ?1 AND queue_id = ?2 AND receipt = ?3",
-            )
-            .db()?
-            .execute(params![id, qid, token, visible_ms])
-            .db()?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE sqs_messages SET visible_ms = ?4
+                     WHERE id = ?1 AND queue_id = ?2 AND receipt = ?3",
+                )
+                .db()?;
+            for (id, token) in handles.iter().filter_map(|h| parse_receipt(h.as_ref())) {
+                update.execute(params![id, qid, token, visible_ms]).db()?;
+            }
         }
         tx.commit().db()
     }
@@ -827,14 +828,13 @@ impl SqliteQueues {
     /// sibling shards (`path.1`, …; module docs), and finishes any redrive a crash left
     /// half done.
     pub fn open(path: &Path) -> Result<Self, QueueError> {
-        let paths: Vec<PathBuf> = (0..SHARDS).map(|i| shard_path(path, i)).collect();
-        let shards = paths
-            .iter()
-            .map(|p| Shard::open(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let shards: Arc<[Shard]> = (0..SHARDS)
+            .map(|i| Shard::open(&shard_path(path, i)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
         let queues = Self {
+            _stop_checkpoints: spawn_checkpointer(Arc::downgrade(&shards))?,
             shards,
-            _stop_checkpoints: spawn_checkpointer(&paths)?,
         };
         // Nothing else holds these locks yet, so blocking on them here never waits, even
         // when `open` runs inside an async runtime.
@@ -956,21 +956,26 @@ impl SqliteQueues {
         }
     }
 
+    /// `ChangeMessageVisibility` for any number of receipts, in one transaction.
     async fn change_visibility_now(
         &self,
-        name: &str,
-        handle: &str,
+        url: &str,
+        handles: &[impl AsRef<str>],
         timeout: Duration,
     ) -> Result<(), QueueError> {
+        let name = existing_name(url)?;
         check_visibility(timeout)?;
         self.shard(name)
-            .change_visibility(name, handle, now() + millis(timeout))
-            .await
+            .change_visibility(name, handles, now() + millis(timeout))
+            .await?;
+        // A shorter timeout can make a message visible before pollers planned to look.
+        self.wake(name);
+        Ok(())
     }
 
     async fn queue_names(&self) -> Result<Vec<String>, QueueError> {
         let mut names = Vec::new();
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             names.extend(shard.queue_names().await?);
         }
         names.sort();
@@ -1089,12 +1094,18 @@ impl Queues for SqliteQueues {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        let name = existing_name(url)?;
-        self.change_visibility_now(name, receipt_handle, timeout)
-            .await?;
-        // A shorter timeout can make a message visible before pollers planned to look.
-        self.wake(name);
-        Ok(())
+        self.change_visibility_now(url, &[receipt_handle], timeout)
+            .await
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        url: &str,
+        receipt_handles: &[String],
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        self.change_visibility_now(url, receipt_handles, timeout)
+            .await
     }
 
     async fn counts(&self, url: &str) -> Result<QueueCounts, QueueError> {
@@ -1577,5 +1588,342 @@ mod tests {
             n as f64 / total.as_secs_f64()
         );
         assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
+    }
+
+    /// Queue names that land in `n` different shards.
+    fn names_in_distinct_shards(n: usize) -> Vec<String> {
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0.. {
+            let name = format!("queue-{i}");
+            seen.entry(shard_of(&name)).or_insert(name);
+            if seen.len() == n {
+                break;
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    fn redriven(name: &str, dlq: &str, max_receive_count: u32) -> QueueSpec {
+        QueueSpec {
+            dead_letter: Some(DeadLetter {
+                queue_url: url_of(dlq),
+                max_receive_count,
+            }),
+            ..spec(name, LONG)
+        }
+    }
+
+    async fn outbox_len(q: &SqliteQueues, shard: usize) -> i64 {
+        q.shards[shard]
+            .conn()
+            .await
+            .query_row("SELECT count(*) FROM sqs_moves", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[tokio::test]
+    async fn queues_in_different_shards_work_side_by_side() {
+        let (dir, q) = open();
+        let names = names_in_distinct_shards(SHARDS);
+        let mut urls = Vec::new();
+        for name in &names {
+            let url = q.create_queue(&spec(name, LONG)).await.unwrap();
+            q.send(&url, vec![OutgoingMessage::new(name.clone())])
+                .await
+                .unwrap();
+            urls.push(url);
+        }
+        for i in 1..SHARDS {
+            assert!(shard_path(&dir.path().join("queues.db"), i).exists());
+        }
+        let mut listed = q.list_queues("queue-").await.unwrap();
+        listed.sort();
+        let mut expected = urls.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
+        for (name, url) in names.iter().zip(&urls) {
+            assert_eq!(q.counts(url).await.unwrap().visible, 1, "{name}");
+            let got = q.receive(url, 10, Duration::ZERO, None).await.unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(&got[0].body, name);
+            // A handle only works with its own queue, whichever shard the other one is in.
+            for other in urls.iter().filter(|u| *u != url) {
+                q.delete(other, vec![got[0].receipt_handle.clone()])
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(q.counts(url).await.unwrap().in_flight, 1);
+            q.delete(url, vec![got[0].receipt_handle.clone()])
+                .await
+                .unwrap();
+            assert_eq!(q.counts(url).await.unwrap(), QueueCounts::default());
+        }
+    }
+
+    #[tokio::test]
+    async fn cross_shard_redrive_moves_a_message_exactly_once() {
+        let (_dir, q) = open();
+        let names = names_in_distinct_shards(2);
+        let (work, dead) = (&names[0], &names[1]);
+        let dlq = q.create_queue(&spec(dead, LONG)).await.unwrap();
+        let url = q.create_queue(&redriven(work, dead, 1)).await.unwrap();
+        q.send(&url, vec![OutgoingMessage::new("poison")])
+            .await
+            .unwrap();
+        let zero = Some(Duration::ZERO);
+        let first = q.receive(&url, 10, Duration::ZERO, zero).await.unwrap();
+        assert_eq!(first.len(), 1);
+
+        // The second receive moves it; receiving again (from several tasks) changes nothing.
+        for _ in 0..3 {
+            assert!(q
+                .receive(&url, 10, Duration::ZERO, zero)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
+        assert_eq!(outbox_len(&q, shard_of(work)).await, 0);
+        assert_eq!(q.counts(&dlq).await.unwrap().visible, 1);
+        let dead_letters = q.receive(&dlq, 10, Duration::ZERO, None).await.unwrap();
+        assert_eq!(dead_letters.len(), 1);
+        assert_eq!(dead_letters[0].message_id, first[0].message_id);
+        assert_eq!(dead_letters[0].sent_ms, first[0].sent_ms);
+        assert_eq!(dead_letters[0].receive_count, 1);
+    }
+
+    #[tokio::test]
+    async fn redrive_waits_while_the_dead_letter_queue_is_missing() {
+        let (_dir, q) = open();
+        let names = names_in_distinct_shards(2);
+        let (work, dead) = (&names[0], &names[1]);
+        let dlq = q.create_queue(&spec(dead, LONG)).await.unwrap();
+        let url = q.create_queue(&redriven(work, dead, 1)).await.unwrap();
+        q.delete_queue(&dlq).await.unwrap();
+        q.send(&url, vec![OutgoingMessage::new("m")]).await.unwrap();
+        let zero = Some(Duration::ZERO);
+        for n in 1..=3 {
+            let got = q.receive(&url, 10, Duration::ZERO, zero).await.unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].receive_count, n);
+        }
+        // Recreated, the DLQ receives the message on its next receive.
+        let dlq = q.create_queue(&spec(dead, LONG)).await.unwrap();
+        assert!(q
+            .receive(&url, 10, Duration::ZERO, zero)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(q.counts(&dlq).await.unwrap().visible, 1);
+    }
+
+    #[tokio::test]
+    async fn a_move_interrupted_after_phase_one_completes_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queues.db");
+        let names = names_in_distinct_shards(2);
+        let (work, dead) = (&names[0], &names[1]);
+        let (url, dlq, id) = {
+            let q = SqliteQueues::open(&path).unwrap();
+            let dlq = q.create_queue(&spec(dead, LONG)).await.unwrap();
+            let url = q.create_queue(&redriven(work, dead, 1)).await.unwrap();
+            q.send(&url, vec![OutgoingMessage::new("poison")])
+                .await
+                .unwrap();
+            let zero = Some(Duration::ZERO);
+            let got = q.receive(&url, 1, Duration::ZERO, zero).await.unwrap();
+            // Phase 1 only, then the "crash": the message is in neither queue.
+            let attempt = q.receive_now(work, 1, zero).await.unwrap();
+            assert!(attempt.messages.is_empty() && attempt.moves_pending);
+            assert_eq!(outbox_len(&q, shard_of(work)).await, 1);
+            assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
+            assert_eq!(q.counts(&dlq).await.unwrap(), QueueCounts::default());
+            (url, dlq, got[0].message_id.clone())
+        };
+        let q = SqliteQueues::open(&path).unwrap();
+        assert_eq!(outbox_len(&q, shard_of(work)).await, 0);
+        assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
+        let dead_letters = q.receive(&dlq, 10, Duration::ZERO, None).await.unwrap();
+        assert_eq!(dead_letters.len(), 1);
+        assert_eq!(dead_letters[0].message_id, id);
+    }
+
+    #[tokio::test]
+    async fn a_move_interrupted_after_phase_two_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queues.db");
+        let names = names_in_distinct_shards(2);
+        let (work, dead) = (&names[0], &names[1]);
+        let (dlq, moved) = {
+            let q = SqliteQueues::open(&path).unwrap();
+            let dlq = q.create_queue(&spec(dead, LONG)).await.unwrap();
+            let url = q.create_queue(&redriven(work, dead, 1)).await.unwrap();
+            q.send(&url, vec![OutgoingMessage::new("poison")])
+                .await
+                .unwrap();
+            let zero = Some(Duration::ZERO);
+            q.receive(&url, 1, Duration::ZERO, zero).await.unwrap();
+            q.receive_now(work, 1, zero).await.unwrap();
+            // Phase 2, then the "crash" before phase 3.
+            let mut moves = q.shards[shard_of(work)].pending_moves().await.unwrap();
+            assert_eq!(moves.len(), 1);
+            assert!(q.shard(dead).land(&moves[0]).await.unwrap());
+            (dlq, moves.remove(0))
+        };
+        let q = SqliteQueues::open(&path).unwrap();
+        assert_eq!(outbox_len(&q, shard_of(work)).await, 0);
+        let dead_letters = q.receive(&dlq, 10, Duration::ZERO, None).await.unwrap();
+        assert_eq!(dead_letters.len(), 1);
+        q.delete(&dlq, vec![dead_letters[0].receipt_handle.clone()])
+            .await
+            .unwrap();
+        // Even after the dead letter is gone, repeating phase 2 does not bring it back.
+        assert!(!q.shard(dead).land(&moved).await.unwrap());
+        assert_eq!(q.counts(&dlq).await.unwrap(), QueueCounts::default());
+    }
+
+    #[tokio::test]
+    async fn every_shard_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queues.db");
+        let names = names_in_distinct_shards(SHARDS);
+        {
+            let q = SqliteQueues::open(&path).unwrap();
+            for name in &names {
+                let url = q.create_queue(&spec(name, LONG)).await.unwrap();
+                let batch = vec![OutgoingMessage::new("a"), OutgoingMessage::new("b")];
+                q.send(&url, batch).await.unwrap();
+                q.receive(&url, 1, Duration::ZERO, None).await.unwrap();
+            }
+        }
+        let q = SqliteQueues::open(&path).unwrap();
+        assert_eq!(q.list_queues("queue-").await.unwrap().len(), SHARDS);
+        for name in &names {
+            let counts = q.counts(&url_of(name)).await.unwrap();
+            assert_eq!((counts.visible, counts.in_flight), (1, 1), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_sharded_another_way_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queues.db");
+        drop(SqliteQueues::open(&path).unwrap());
+        let conn = Connection::open(shard_path(&path, 1)).unwrap();
+        conn.pragma_update(None, "user_version", SHARDS as i64 + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            SqliteQueues::open(&path),
+            Err(QueueError::Backend(_))
+        ));
+
+        // A file of the unsharded layout: queues, but no shard count.
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("CREATE TABLE sqs_queues (id INTEGER PRIMARY KEY, name TEXT);")
+            .unwrap();
+        assert!(matches!(
+            SqliteQueues::open(&old),
+            Err(QueueError::Backend(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn change_visibility_batch_moves_current_receipts_only() {
+        let (_dir, q) = open();
+        let url = q.create_queue(&spec("work", LONG)).await.unwrap();
+        let batch = vec![OutgoingMessage::new("a"), OutgoingMessage::new("b")];
+        q.send(&url, batch).await.unwrap();
+        let zero = Some(Duration::ZERO);
+        let stale = q.receive(&url, 1, Duration::ZERO, zero).await.unwrap();
+        let current = q.receive(&url, 2, Duration::ZERO, None).await.unwrap();
+        assert_eq!(current.len(), 2);
+        let mut handles: Vec<String> = current.iter().map(|m| m.receipt_handle.clone()).collect();
+        handles.push(stale[0].receipt_handle.clone());
+        handles.push("garbage".into());
+        q.change_visibility_batch(&url, &handles, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(q.counts(&url).await.unwrap().visible, 2);
+        assert!(matches!(
+            q.change_visibility_batch(&url, &handles, MAX_VISIBILITY + Duration::from_secs(1))
+                .await,
+            Err(QueueError::Invalid(_))
+        ));
+    }
+
+    /// Four queues in a chain, as a job's stages use them: each stage receives a batch,
+    /// sends it on and deletes it, all stages at once on two threads.
+    /// `cargo test -p orchestration --release --lib local::queues -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn pipeline_throughput() {
+        let (_dir, q) = open();
+        let q = Arc::new(q);
+        let names = ["job-feed", "job-filter", "job-count", "job-reduce"];
+        let mut urls = Vec::new();
+        for name in names {
+            urls.push(q.create_queue(&spec(name, LONG)).await.unwrap());
+        }
+        let n: usize = 300_000;
+        let body = "x".repeat(150);
+        let start = std::time::Instant::now();
+        let feeder = {
+            let (q, url) = (q.clone(), urls[0].clone());
+            tokio::spawn(async move {
+                for _ in 0..n / 1000 {
+                    let batch = (0..1000)
+                        .map(|_| OutgoingMessage::new(body.clone()))
+                        .collect();
+                    q.send(&url, batch).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut stages = Vec::new();
+        for i in 0..urls.len() {
+            let q = q.clone();
+            let from = urls[i].clone();
+            let to = urls.get(i + 1).cloned();
+            stages.push(tokio::spawn(async move {
+                let mut done = 0;
+                while done < n {
+                    let got = q
+                        .receive(&from, 75, Duration::from_millis(100), None)
+                        .await
+                        .unwrap();
+                    done += got.len();
+                    if let Some(to) = &to {
+                        let out = got
+                            .iter()
+                            .map(|m| OutgoingMessage::new(m.body.clone()))
+                            .collect();
+                        q.send(to, out).await.unwrap();
+                    }
+                    q.delete(&from, got.into_iter().map(|m| m.receipt_handle).collect())
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        feeder.await.unwrap();
+        for s in stages {
+            s.await.unwrap();
+        }
+        let total = start.elapsed();
+        println!(
+            "{n} messages through 4 queues in {total:?} ({:.0}/s)",
+            n as f64 / total.as_secs_f64()
+        );
     }
 }
