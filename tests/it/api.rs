@@ -464,6 +464,9 @@ async fn jobs_survive_a_server_restart() {
         id
     };
     let server = Server::start(dir.path(), &[]);
+    // A fresh client: the new server may get the old one's port, and a pooled connection
+    // to the killed process would be reset.
+    let client = Client::new();
     let result = wait_result(&client, &server, &id).await;
     assert_eq!(result["status"], "done");
     assert_eq!(result["result"]["total_words"], 2_000_000);
