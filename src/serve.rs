@@ -1,6 +1,7 @@
 //! `sluice serve`: the job API over HTTP on loopback, with the embedded engine running the
 //! jobs in the same process. Jobs live in the state directory, so they survive a restart.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -85,10 +86,10 @@ pub async fn bind(
     SocketAddr,
     impl std::future::Future<Output = Result<()>> + '_,
 )> {
-    let api = Arc::new(Api::new(
-        engine.services.clone(),
-        Arc::new(engine.log.clone()),
-    ));
+    let api = Arc::new(
+        Api::new(engine.services.clone(), Arc::new(engine.log.clone()))
+            .with_version(env!("CARGO_PKG_VERSION")),
+    );
     let app = Router::new().fallback(handle).with_state(api);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = TcpListener::bind(addr)
@@ -118,13 +119,12 @@ pub async fn serve(engine: Engine, port: u16) -> Result<i32> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (local, serving) = bind(&engine, port, stop_rx).await?;
     let resumed = resume(&engine).await?;
-    println!(
-        "sluice serving on http://{local} (state in {})",
+    // One line, written without panicking: a closed stdout must not bring the server down.
+    let _ = writeln!(
+        std::io::stdout(),
+        "sluice serving on http://{local} (state in {}; resumed {resumed} unfinished jobs)",
         engine.state_dir().display()
     );
-    if resumed > 0 {
-        println!("resumed {resumed} unfinished jobs");
-    }
     let signal = async {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);

@@ -54,6 +54,7 @@ async fn every_route_does_what_it_says() {
     let (status, health) = get(&client, &server, "/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
 
     let (status, doc) = get(&client, &server, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
