@@ -32,8 +32,75 @@ struct Cli {
     /// Where the embedded engine keeps its state (jobs, queues, blobs).
     #[arg(long, env = "SLUICE_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
+    /// Where jobs live and queues are: `embedded` (SQLite and files in the state directory)
+    /// or `aws` (DynamoDB, SQS, S3 and Lambda through the AWS SDK's configuration, e.g.
+    /// moto server with AWS_ENDPOINT_URL); either way the functions run here.
+    #[arg(long, env = "SLUICE_BACKEND", global = true, value_enum, default_value_t = Backend::Embedded)]
+    backend: Backend,
+    /// With `--backend aws`: the deployment's name, the prefix of its resources. Its table,
+    /// bucket, control queue and function records are created if missing, unless the
+    /// SLUICE_TABLE/SLUICE_BUCKET/SLUICE_CONTROL_QUEUE_URL environment of a deployed stack
+    /// is set.
+    #[arg(
+        long,
+        env = "SLUICE_AWS_PREFIX",
+        global = true,
+        default_value = "sluice"
+    )]
+    aws_prefix: String,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Embedded,
+    Aws,
+}
+
+/// Where the CLI's jobs live: the backend and its place.
+struct Target {
+    state_dir: PathBuf,
+    backend: Backend,
+    aws_prefix: String,
+}
+
+impl Target {
+    async fn open(&self, faults: Faults) -> Result<Engine> {
+        match self.backend {
+            Backend::Embedded => Engine::open(
+                &self.state_dir,
+                EngineOptions {
+                    faults,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("opening the engine in {}", self.state_dir.display())),
+            Backend::Aws => {
+                use orchestration::aws::{local_engine, sdk_config, AwsSettings};
+                let sdk = sdk_config().await;
+                let (settings, provision) = match AwsSettings::from_env() {
+                    Ok(deployed) => (deployed, false),
+                    Err(_) => (AwsSettings::local(&self.aws_prefix), true),
+                };
+                let log_dir = self.state_dir.join(format!("aws-{}", settings.prefix));
+                let (engine, _) = local_engine(
+                    &log_dir,
+                    &sdk,
+                    settings,
+                    provision,
+                    orchestration::flow::Registry::default(),
+                    faults,
+                )
+                .await
+                .context(
+                    "connecting to AWS (check AWS_ENDPOINT_URL, AWS_REGION and credentials)",
+                )?;
+                Ok(engine)
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -243,22 +310,23 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
+    let target = Target {
+        state_dir: state_dir.clone(),
+        backend: cli.backend,
+        aws_prefix: cli.aws_prefix,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Run { job } => run(&state_dir, job).await,
+            Command::Run { job } => run(&target, job).await,
             Command::Serve {
                 port,
                 inject_faults,
             } => {
-                let options = EngineOptions {
-                    faults: inject_faults.unwrap_or_default(),
-                    ..Default::default()
-                };
-                let engine = Engine::open(&state_dir, options).await?;
+                let engine = target.open(inject_faults.unwrap_or_default()).await?;
                 serve::serve(engine, port).await
             }
             Command::Submit { job } => remote_submit(job).await,
@@ -271,7 +339,7 @@ fn main() -> Result<()> {
                 id,
                 api: None,
                 json,
-            } => status(&state_dir, &id, json).await,
+            } => status(&target, &id, json).await,
             Command::Result {
                 id,
                 api: Some(api),
@@ -281,7 +349,7 @@ fn main() -> Result<()> {
                 id,
                 api: None,
                 json,
-            } => result(&state_dir, &id, json).await,
+            } => result(&target, &id, json).await,
             Command::Cancel { id, api } => remote_cancel(&api, &id).await,
             Command::Gen { data } => gen::run(&state_dir, data).await,
             Command::Bench {
@@ -292,21 +360,18 @@ fn main() -> Result<()> {
     std::process::exit(code)
 }
 
-async fn run(state_dir: &std::path::Path, job: JobCommand) -> Result<i32> {
+async fn run(target: &Target, job: JobCommand) -> Result<i32> {
+    let state_dir = target.state_dir.as_path();
     let (request, run) = job.request();
     let started = Instant::now();
-    if let Some(code) = cached_fast_path(state_dir, &request, run.json, started).await? {
-        return Ok(code);
+    if target.backend == Backend::Embedded {
+        if let Some(code) = cached_fast_path(state_dir, &request, run.json, started).await? {
+            return Ok(code);
+        }
     }
-    let engine = Engine::open(
-        state_dir,
-        EngineOptions {
-            faults: run.inject_faults.clone().unwrap_or_default(),
-            ..Default::default()
-        },
-    )
-    .await
-    .with_context(|| format!("opening the engine in {}", state_dir.display()))?;
+    let engine = target
+        .open(run.inject_faults.clone().unwrap_or_default())
+        .await?;
     let options = SubmitOptions {
         policy: run.policy,
         min_coverage: run.min_coverage,
@@ -359,16 +424,16 @@ async fn run(state_dir: &std::path::Path, job: JobCommand) -> Result<i32> {
     .await
 }
 
-async fn load(state_dir: &std::path::Path, id: &str) -> Result<(Engine, JobId)> {
+async fn load(target: &Target, id: &str) -> Result<(Engine, JobId)> {
     let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::open(state_dir, EngineOptions::default()).await?;
+    let engine = target.open(Faults::default()).await?;
     Ok((engine, id))
 }
 
-async fn status(state_dir: &std::path::Path, id: &str, json: bool) -> Result<i32> {
-    let (engine, id) = load(state_dir, id).await?;
+async fn status(target: &Target, id: &str, json: bool) -> Result<i32> {
+    let (engine, id) = load(target, id).await?;
     let Some(v) = record::load(engine.services.store.as_ref(), &id).await? else {
-        bail!("no job {id} in {}", state_dir.display());
+        bail!("no job {id} in {}", target.state_dir.display());
     };
     let view = orchestration::status::view(&engine.services, &engine.log, &v.record).await?;
     if json {
@@ -392,10 +457,10 @@ async fn status(state_dir: &std::path::Path, id: &str, json: bool) -> Result<i32
     Ok(0)
 }
 
-async fn result(state_dir: &std::path::Path, id: &str, json: bool) -> Result<i32> {
-    let (engine, id) = load(state_dir, id).await?;
+async fn result(target: &Target, id: &str, json: bool) -> Result<i32> {
+    let (engine, id) = load(target, id).await?;
     let Some(v) = record::load(engine.services.store.as_ref(), &id).await? else {
-        bail!("no job {id} in {}", state_dir.display());
+        bail!("no job {id} in {}", target.state_dir.display());
     };
     if !v.record.status.is_terminal() {
         bail!("job {id} is {}; no result yet", v.record.status);

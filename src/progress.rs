@@ -29,7 +29,7 @@ pub async fn wait_for(engine: &Engine, id: &JobId, show: bool) -> Result<()> {
             }
             return Ok(());
         }
-        if show && tick % 4 == 0 && !v.record.stages.is_empty() {
+        if show && tick.is_multiple_of(4) && !v.record.stages.is_empty() {
             let view = status::view(&engine.services, &engine.log, &v.record).await?;
             for (i, stage) in view.stages.iter().enumerate() {
                 if shown.len() <= i {

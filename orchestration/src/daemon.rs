@@ -15,14 +15,16 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::components::SourceContext;
 use crate::envelope::Envelope;
-use crate::flow::{Flow, Step};
+use crate::flow::{Flow, Function, Step};
 use crate::job::{JobRequest, JobStatus};
 use crate::ledger::{Ledger, LedgerError};
-use crate::policy::{Observation, StageObservation};
+use crate::metrics;
+use crate::policy::{Levers, Observation, StageObservation};
 use crate::ports::{
     BlobError, DeadLetter, MappingError, OutgoingMessage, QueueError, QueueSpec, StoreError,
 };
 use crate::record::{self, JobRecord, Lease, Outcome, StageRecord, Versioned};
+use crate::reserve;
 use crate::services::{Services, Tick};
 use crate::submit::{submit, Disposition, SubmitError, SubmitOptions};
 
@@ -50,6 +52,8 @@ pub enum DaemonError {
     Submit(#[from] SubmitError),
     #[error("malformed tick: {0}")]
     MalformedTick(String),
+    #[error(transparent)]
+    Reserve(#[from] crate::reserve::ReserveError),
 }
 
 /// The stage name under which a composite job's failed parts are dead-lettered.
@@ -58,6 +62,9 @@ const PART_STAGE: &str = "part";
 const CHECKPOINTS: u32 = 6;
 /// Dead-letter messages collected per tick at most (the rest wait for the next tick).
 const DLQ_DRAIN_PER_TICK: usize = 1_000;
+/// A tick that failed for another reason comes back after this × its receive count.
+const FAILED_TICK_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_FAILED_TICK_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a nudge that found the lease busy waits before asking again.
 const BUSY_NUDGE_DELAY: Duration = Duration::from_secs(1);
 
@@ -89,8 +96,15 @@ impl Daemon {
     /// The Lambda handler for the control queue.
     pub async fn handle(&self, event: SqsEvent) -> Result<SqsBatchResponse, DaemonError> {
         let mut failures = Vec::new();
+        // Failed ticks, by how soon they should come back.
+        let mut retry: Vec<(String, Duration)> = Vec::new();
         for message in event.records {
             let id = message.message_id.unwrap_or_default();
+            let receive_count: u32 = message
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
             let result = match serde_json::from_str::<Tick>(message.body.as_deref().unwrap_or("")) {
                 Ok(tick) => {
                     let span = info_span!("tick", job_id = %tick.job, seq = ?tick.seq);
@@ -98,13 +112,30 @@ impl Daemon {
                 }
                 Err(e) => Err(DaemonError::MalformedTick(e.to_string())),
             };
-            match result {
-                Ok(()) => {}
-                Err(DaemonError::LeaseBusy) => failures.push(id),
+            let again = match result {
+                Ok(()) => continue,
+                // Another daemon holds the lease: ask again about when it ends.
+                Err(DaemonError::LeaseBusy) => self.svc.settings.tick_interval,
                 Err(e) => {
                     warn!(message_id = %id, error = %e, "tick failed");
-                    failures.push(id);
+                    (FAILED_TICK_BACKOFF * receive_count).min(MAX_FAILED_TICK_BACKOFF)
                 }
+            };
+            if let Some(receipt) = message.receipt_handle {
+                retry.push((receipt, again));
+            }
+            failures.push(id);
+        }
+        // A failed tick comes back after the control queue's visibility timeout, which in
+        // AWS is long (≥ 6 × the daemon's timeout); a takeover should not wait that long.
+        for (receipt, again) in retry {
+            if let Err(e) = self
+                .svc
+                .queues
+                .change_visibility(&self.svc.settings.control_queue_url, &receipt, again)
+                .await
+            {
+                warn!(error = %e, "cannot shorten a failed tick's visibility");
             }
         }
         let mut response = SqsBatchResponse::default();
@@ -167,10 +198,12 @@ impl Daemon {
             rec: taken,
             version,
             lease,
+            dead_letters_seen: 0,
         };
         crash.checkpoint()?;
         job.step(&mut crash).await?;
         crash.checkpoint()?;
+        job.emit_metrics();
 
         let finished = job.rec.status.is_terminal() && job.rec.torn_down;
         if !finished && (tick.seq.is_some() || restart_chain) {
@@ -205,9 +238,45 @@ struct Fenced {
     rec: JobRecord,
     version: u64,
     lease: Lease,
+    /// Messages found in the job's dead-letter queue during this tick.
+    dead_letters_seen: usize,
 }
 
 impl Fenced {
+    /// The tick's CloudWatch metrics (EMF), when the deployment wants them.
+    fn emit_metrics(&self) {
+        let settings = &self.svc.settings;
+        if !settings.emit_metrics {
+            return;
+        }
+        let now = self.svc.clock.now_ms();
+        let overdue = !self.rec.status.is_terminal()
+            && settings.job_deadline.is_some_and(|deadline| {
+                now.saturating_sub(self.rec.created_ms) > deadline.as_millis() as u64
+            });
+        metrics::emit(
+            &settings.prefix,
+            now,
+            &[
+                (
+                    metrics::DEAD_LETTER_MESSAGES,
+                    self.dead_letters_seen as f64,
+                    "Count",
+                ),
+                (
+                    metrics::JOBS_OVERDUE,
+                    if overdue { 1.0 } else { 0.0 },
+                    "Count",
+                ),
+            ],
+            &[
+                ("job_id", json!(self.rec.id)),
+                ("attempt", json!(self.rec.attempt)),
+                ("status", json!(self.rec.status)),
+            ],
+        );
+    }
+
     async fn update(&mut self, change: impl Fn(&mut JobRecord)) -> Result<(), DaemonError> {
         let store = self.svc.store.as_ref();
         loop {
@@ -418,10 +487,11 @@ impl Fenced {
             info!(job_id = %self.rec.id, attempt = self.rec.attempt, "provisioned queues");
         }
         if self.rec.stages.iter().any(|s| s.mapping_id.is_none()) {
-            let levers = self
+            let decision = self
                 .rec
                 .policy
                 .decide(&self.observation(flow, false).await?);
+            let levers = self.reserve(decision).await?;
             let mut stages = self.rec.stages.clone();
             for (stage, levers) in stages.iter_mut().zip(levers) {
                 if stage.mapping_id.is_some() {
@@ -527,6 +597,7 @@ impl Fenced {
                 break;
             }
             drained += batch.len();
+            self.dead_letters_seen += batch.len();
             let mut dead: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for m in &batch {
                 match Envelope::parse(&m.body) {
@@ -724,6 +795,21 @@ impl Fenced {
         if let Some(dlq) = &self.rec.dlq_url {
             self.svc.queues.delete_queue(dlq).await?;
         }
+        if let Some(cap) = self.reserve_cap() {
+            let mut functions: Vec<_> = self.rec.stages.iter().map(|s| s.function).collect();
+            functions.dedup();
+            for function in functions {
+                reserve::reconcile(
+                    &self.svc,
+                    function.as_str(),
+                    self.rec.id.as_str(),
+                    self.rec.attempt,
+                    0,
+                    cap,
+                )
+                .await?;
+            }
+        }
         let prefix = format!("payloads/{}/{}/", self.rec.id, self.rec.attempt);
         for key in self.svc.blobs.list(&prefix).await? {
             self.svc.blobs.delete(&key).await?;
@@ -731,6 +817,57 @@ impl Fenced {
         self.update(|r| r.torn_down = true).await?;
         info!(job_id = %self.rec.id, "torn down");
         Ok(())
+    }
+
+    /// The most reserved concurrency one stage function may get, when the deployment sets
+    /// reserved concurrency at all: its budget split evenly over the stage functions.
+    fn reserve_cap(&self) -> Option<u32> {
+        let budget = self.svc.settings.concurrency_budget?;
+        Some(
+            (budget / Function::STAGE_FUNCTIONS.len() as u32)
+                .max(crate::ports::limits::MIN_MAX_CONCURRENCY),
+        )
+    }
+
+    /// Records this job's need of each stage function's reserved concurrency (the sum of its
+    /// stages' MaximumConcurrency on it), reconciles the functions' settings, and fits each
+    /// stage's MaximumConcurrency into the job's share, so no mapping runs above what its
+    /// function may run.
+    async fn reserve(&self, mut levers: Vec<Levers>) -> Result<Vec<Levers>, DaemonError> {
+        let Some(cap) = self.reserve_cap() else {
+            return Ok(levers);
+        };
+        let mut needs: Vec<(Function, u32)> = Vec::new();
+        for (stage, l) in self.rec.stages.iter().zip(&levers) {
+            match needs.iter_mut().find(|(f, _)| *f == stage.function) {
+                Some((_, n)) => *n += l.max_concurrency,
+                None => needs.push((stage.function, l.max_concurrency)),
+            }
+        }
+        for (function, need) in needs {
+            let share = reserve::reconcile(
+                &self.svc,
+                function.as_str(),
+                self.rec.id.as_str(),
+                self.rec.attempt,
+                need,
+                cap,
+            )
+            .await?;
+            for (stage, l) in self.rec.stages.iter().zip(levers.iter_mut()) {
+                if stage.function != function {
+                    continue;
+                }
+                let part = (u64::from(share) * u64::from(l.max_concurrency)
+                    / u64::from(need.max(1))) as u32;
+                l.max_concurrency = part.clamp(
+                    crate::ports::limits::MIN_MAX_CONCURRENCY,
+                    l.max_concurrency.max(2),
+                );
+                l.reserved_concurrency = Some(l.max_concurrency);
+            }
+        }
+        Ok(levers)
     }
 
     async fn observation(
@@ -760,6 +897,7 @@ impl Fenced {
 
     async fn apply_policy(&mut self, flow: &Flow) -> Result<(), DaemonError> {
         let decision = self.rec.policy.decide(&self.observation(flow, true).await?);
+        let decision = self.reserve(decision).await?;
         let mut stages = self.rec.stages.clone();
         let mut changed = false;
         for (stage, levers) in stages.iter_mut().zip(decision) {
@@ -857,6 +995,7 @@ mod tests {
             rec,
             version,
             lease,
+            dead_letters_seen: 0,
         }
     }
 

@@ -212,8 +212,9 @@ pub trait Queues: Send + Sync {
         wait: Duration,
         visibility: Option<Duration>,
     ) -> Result<Vec<ReceivedMessage>, QueueError>;
-    /// Deletes by receipt handle. A stale handle (the message was received again since)
-    /// deletes nothing and is not an error.
+    /// Deletes by receipt handle. A stale handle (the message was received again since) is
+    /// not an error; whether it still deletes the message is the service's choice (SQS
+    /// documents both), so callers must not rely on either.
     async fn delete(&self, url: &str, receipt_handles: Vec<String>) -> Result<(), QueueError>;
     async fn change_visibility(
         &self,

@@ -29,6 +29,14 @@ pub struct Settings {
     pub max_receive_count: u32,
     /// Aggregate shards per job: concurrent reduces contend on 1/shards of the aggregate.
     pub aggregate_shards: u32,
+    /// Print CloudWatch EMF metric lines (on Lambda; never in the CLI, whose stdout is the
+    /// user's).
+    pub emit_metrics: bool,
+    /// A job running longer than this is reported overdue (the `JobsOverdue` metric).
+    pub job_deadline: Option<Duration>,
+    /// Reserved concurrency all stage functions may hold together; `None`: the daemon sets
+    /// none (the embedded engine's default, whose functions share the account's pool).
+    pub concurrency_budget: Option<u32>,
 }
 
 impl Default for Settings {
@@ -41,6 +49,9 @@ impl Default for Settings {
             stage_visibility: Duration::from_secs(2),
             max_receive_count: 8,
             aggregate_shards: 8,
+            emit_metrics: false,
+            job_deadline: None,
+            concurrency_budget: None,
         }
     }
 }

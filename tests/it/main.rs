@@ -1,7 +1,11 @@
 //! End-to-end tests: the `sluice` binary and the embedded engine, as a user drives them.
 
 mod api;
+mod aws;
 mod cli;
+mod contract;
 mod engine;
+mod moto;
 mod support;
+mod template;
 mod tweets;

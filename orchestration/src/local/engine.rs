@@ -49,7 +49,9 @@ pub struct EngineOptions {
 pub struct Engine {
     pub services: Arc<Services>,
     pub log: InvocationLog,
-    mappings: Arc<SqliteMappings>,
+    /// Where the runtime learns of mapping changes at once (the embedded mappings' change
+    /// feed); without one it re-lists mappings every `resync_interval`.
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
     runtime: RuntimeConfig,
     state_dir: PathBuf,
 }
@@ -114,11 +116,12 @@ impl Engine {
                 .await?;
         }
 
+        let changes = Some(mappings.subscribe());
         let services = Arc::new(Services {
             store,
             queues,
             blobs,
-            mappings: mappings.clone(),
+            mappings,
             clock: Arc::new(SystemClock),
             registry: options.registry.unwrap_or_default(),
             settings,
@@ -127,8 +130,28 @@ impl Engine {
         Ok(Self {
             services,
             log,
-            mappings,
+            changes,
             runtime: options.runtime,
+            state_dir: state_dir.to_owned(),
+        })
+    }
+
+    /// An engine over services that live elsewhere (the AWS adapters, against AWS or an
+    /// emulator): the local runtime polls their queues and reads their mappings, and
+    /// invocations are logged under `state_dir`.
+    pub fn with_services(
+        state_dir: &Path,
+        services: Arc<Services>,
+        runtime: RuntimeConfig,
+    ) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| EngineError::StateDir(state_dir.to_owned(), e))?;
+        let log = InvocationLog::open(&state_dir.join(INVOCATIONS_FILE))?;
+        Ok(Self {
+            services,
+            log,
+            changes: None,
+            runtime,
             state_dir: state_dir.to_owned(),
         })
     }
@@ -142,8 +165,8 @@ impl Engine {
         let svc = &self.services;
         let mut runtime = EsmRuntime::new(
             svc.queues.clone(),
-            self.mappings.clone(),
-            Some(self.mappings.subscribe()),
+            svc.mappings.clone(),
+            self.changes.clone(),
             self.log.clone(),
             self.runtime.clone(),
         );

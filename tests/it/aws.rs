@@ -1,0 +1,306 @@
+//! sluice over the AWS wire protocol, end to end, against moto server: a request through
+//! the `api` Lambda handler (an API Gateway fixture), daemon ticks that create real queues,
+//! mappings and reserved concurrency in the emulator, stage handlers invoked by the local
+//! ESM runtime polling the emulator's SQS, the result in S3, and nothing left behind.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lambda_http::Body;
+use orchestration::api::Api;
+use orchestration::aws::{local_engine, AwsPorts, AwsSettings};
+use orchestration::faults::Faults;
+use orchestration::flow::{Function, Registry};
+use orchestration::job::{JobId, JobStatus};
+use orchestration::local::Engine;
+use orchestration::ports::{Blobs, Mappings, QueueCounts, Queues};
+use orchestration::record::{self, Lease};
+use orchestration::services::Tick;
+use orchestration::status::NoTelemetry;
+use serde_json::Value;
+
+use crate::moto;
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/handlers/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The fixture's job: 200 messages of "the quick brown fox {i}", 10 per partition.
+const FIXTURE_WORDS: u64 = 200 * 5;
+
+async fn deployment(test: &str) -> (tempfile::TempDir, Engine, AwsPorts, AwsSettings) {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = moto::sdk().await;
+    let settings = AwsSettings::local(&moto::prefix(test));
+    let (engine, ports) = local_engine(
+        dir.path(),
+        &sdk,
+        settings.clone(),
+        true,
+        Registry::default(),
+        Faults::default(),
+    )
+    .await
+    .expect("a local engine over the emulator");
+    let settings = AwsSettings {
+        control_queue_url: engine.services.settings.control_queue_url.clone(),
+        ..settings
+    };
+    (dir, engine, ports, settings)
+}
+
+/// `POST /jobs` through the `api` Lambda handler, from the API Gateway fixture.
+async fn post_fixture_job(engine: &Engine) -> JobId {
+    let api = Api::new(engine.services.clone(), Arc::new(NoTelemetry));
+    let request = lambda_http::request::from_str(&fixture("apigw-v2-post-jobs.json")).unwrap();
+    let response = handlers::http::handle(&api, request).await;
+    let Body::Text(text) = response.body() else {
+        panic!("no body")
+    };
+    let body: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(response.status().as_u16(), 202, "{body}");
+    JobId::parse(body["job_id"].as_str().unwrap()).unwrap()
+}
+
+/// What a sampler saw of the deployment while the job ran.
+#[derive(Default, Debug)]
+struct Seen {
+    job_queues: BTreeSet<String>,
+    job_mappings: BTreeSet<String>,
+    reserved: BTreeSet<(String, u32)>,
+}
+
+/// Runs the engine until the job has ended and been torn down, sampling the emulator's
+/// queues, mappings and reserved concurrency meanwhile.
+async fn run_until_done(
+    engine: &Engine,
+    ports: &AwsPorts,
+    settings: &AwsSettings,
+    id: &JobId,
+) -> Seen {
+    let seen = Mutex::new(Seen::default());
+    let done = AtomicBool::new(false);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let job_prefix = format!("{}-{}", settings.prefix, id.short());
+    let sampler = async {
+        let guard = Instant::now();
+        while !done.load(Ordering::SeqCst) {
+            let queues = ports.queues.list_queues(&job_prefix).await.unwrap();
+            let mappings = ports.mappings.list_mappings(None).await.unwrap();
+            let mut reserved = Vec::new();
+            for f in Function::STAGE_FUNCTIONS {
+                if let Some(n) = ports
+                    .mappings
+                    .get_reserved_concurrency(f.as_str())
+                    .await
+                    .unwrap()
+                {
+                    reserved.push((f.as_str().to_owned(), n));
+                }
+            }
+            {
+                let mut s = seen.lock().unwrap();
+                s.job_queues.extend(queues);
+                s.job_mappings.extend(
+                    mappings
+                        .into_iter()
+                        .filter(|m| m.tags.get("sluice:job") == Some(&id.to_string()))
+                        .map(|m| m.id),
+                );
+                s.reserved.extend(reserved);
+            }
+            assert!(
+                guard.elapsed() < Duration::from_secs(600),
+                "the job never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let waiter = async {
+        loop {
+            let v = record::load(engine.services.store.as_ref(), id)
+                .await
+                .unwrap()
+                .unwrap();
+            if v.record.status.is_terminal() && v.record.torn_down {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.store(true, Ordering::SeqCst);
+        let _ = stop.send(());
+    };
+    tokio::join!(
+        engine.run(async {
+            let _ = stopped.await;
+        }),
+        waiter,
+        sampler
+    );
+    seen.into_inner().unwrap()
+}
+
+/// The job is done with the exact result, in the record and in S3, and its queues,
+/// mappings and reserved concurrency are gone: only the control queue, its DLQ and its
+/// mapping remain.
+async fn assert_exact_and_clean(ports: &AwsPorts, settings: &AwsSettings, id: &JobId) {
+    let rec = record::load(ports.store.as_ref(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(rec.status, JobStatus::Done, "{:?}", rec.outcome);
+    let outcome = rec.outcome.unwrap();
+    assert_eq!(
+        outcome.result.as_ref().unwrap()["total_words"],
+        FIXTURE_WORDS
+    );
+    assert_eq!(outcome.result.as_ref().unwrap()["messages"], 200);
+    assert_eq!((outcome.reduced_partitions, outcome.coverage), (20, 1.0));
+    let stored = ports
+        .blobs
+        .get(&format!("results/{id}.json"))
+        .await
+        .unwrap()
+        .expect("the result in S3");
+    let stored: Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(stored["status"], "done");
+    assert_eq!(stored["outcome"]["result"]["total_words"], FIXTURE_WORDS);
+
+    let left = ports.queues.list_queues(&settings.prefix).await.unwrap();
+    let names: Vec<&str> = left.iter().map(|u| u.rsplit('/').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{}-control", settings.prefix),
+            format!("{}-control-dlq", settings.prefix)
+        ],
+        "job queues left behind"
+    );
+    let mappings = ports.mappings.list_mappings(None).await.unwrap();
+    assert_eq!(mappings.len(), 1, "job mappings left behind: {mappings:?}");
+    assert_eq!(mappings[0].function, "daemon");
+    for f in Function::STAGE_FUNCTIONS {
+        assert_eq!(
+            ports
+                .mappings
+                .get_reserved_concurrency(f.as_str())
+                .await
+                .unwrap(),
+            None,
+            "{f}'s reserved concurrency was not released"
+        );
+    }
+    assert!(ports
+        .blobs
+        .list(&format!("payloads/{id}/"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_end_to_end_over_the_aws_protocol() {
+    let (_dir, engine, ports, settings) = deployment("e2e").await;
+    let id = post_fixture_job(&engine).await;
+    let seen = run_until_done(&engine, &ports, &settings, &id).await;
+
+    // The daemon made the job's resources in the emulator: a queue per stage and a DLQ,
+    // a mapping per stage, and reserved concurrency for the stage functions.
+    let attempt = record::load(ports.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .attempt;
+    for stage in ["feed", "filter", "count", "reduce", "dlq"] {
+        assert!(
+            seen.job_queues
+                .iter()
+                .any(|q| q.ends_with(&format!("-{attempt}-{stage}"))),
+            "no {stage} queue seen: {seen:?}"
+        );
+    }
+    assert_eq!(seen.job_mappings.len(), 4, "{seen:?}");
+    let functions: BTreeSet<&str> = seen.reserved.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        functions,
+        BTreeSet::from(["count", "feed", "filter", "reduce"]),
+        "{seen:?}"
+    );
+    assert!(seen.reserved.iter().all(|(_, n)| *n >= 2), "{seen:?}");
+
+    // The stage handlers ran in the local runtime, fed from the emulator's queues.
+    let stats = engine.log.stats(id.as_str(), attempt).unwrap();
+    let count = stats
+        .iter()
+        .find(|s| s.stage == "count")
+        .expect("count invocations");
+    assert_eq!(count.messages, 20, "{stats:?}");
+    assert_exact_and_clean(&ports, &settings, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_dies_after_claiming_a_tick_is_taken_over() {
+    let (_dir, engine, ports, settings) = deployment("takeover").await;
+    let id = post_fixture_job(&engine).await;
+
+    // Play the daemon that dies: receive the job's first tick from the control queue, take
+    // the job's lease as a tick does, and die — no lease release, no delete, no next tick.
+    let control = &settings.control_queue_url;
+    let start = Instant::now();
+    let claimed = loop {
+        let batch = ports
+            .queues
+            .receive(control, 1, Duration::from_secs(1), None)
+            .await
+            .unwrap();
+        if let Some(m) = batch.into_iter().next() {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no tick was sent"
+        );
+    };
+    let tick: Tick = serde_json::from_str(&claimed.body).unwrap();
+    assert_eq!(tick.job, id);
+    let v = record::load(ports.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rec = v.record;
+    let dead_epoch = rec.lease.epoch + 1;
+    rec.lease = Lease {
+        owner: "the-daemon-that-died".into(),
+        epoch: dead_epoch,
+        expires_ms: engine.services.clock.now_ms() + settings.lease_ttl.as_millis() as u64,
+    };
+    record::save(ports.store.as_ref(), &rec, v.version)
+        .await
+        .unwrap();
+    let counts: QueueCounts = ports.queues.counts(control).await.unwrap();
+    assert_eq!(counts.in_flight, 1, "the claimed tick stays in flight");
+
+    // The tick comes back after its visibility timeout, waits out the dead lease, and the
+    // next daemon takes over with a higher epoch and finishes the job exactly.
+    run_until_done(&engine, &ports, &settings, &id).await;
+    let rec = record::load(ports.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert!(
+        rec.lease.epoch > dead_epoch,
+        "no takeover: epoch {}",
+        rec.lease.epoch
+    );
+    assert_ne!(rec.lease.owner, "the-daemon-that-died");
+    assert_exact_and_clean(&ports, &settings, &id).await;
+}
