@@ -19,7 +19,8 @@ use orchestration::ports::{Blobs, Mappings, QueueCounts, Queues};
 use orchestration::record::{self, Lease};
 use orchestration::services::Tick;
 use orchestration::status::NoTelemetry;
-use serde_json::Value;
+use orchestration::sweeper::Sweeper;
+use serde_json::{json, Value};
 
 use crate::moto;
 
@@ -303,4 +304,198 @@ async fn a_daemon_that_dies_after_claiming_a_tick_is_taken_over() {
     );
     assert_ne!(rec.lease.owner, "the-daemon-that-died");
     assert_exact_and_clean(&ports, &settings, &id).await;
+}
+
+/// `sluice run --backend aws` against an empty deployment in the emulator: it provisions
+/// what it needs, runs the job exactly, and leaves only the deployment's static resources;
+/// the same command again is answered from the stored record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_a_job_on_the_aws_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = moto::prefix("cli");
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "run",
+                "wordcount",
+                "--messages",
+                "300",
+                "--partition-size",
+                "20",
+                "--json",
+            ])
+            .args(["--backend", "aws", "--aws-prefix", &prefix])
+            .env("SLUICE_STATE_DIR", dir.path())
+            .env("SLUICE_LOG", "error")
+            .env("AWS_ENDPOINT_URL", moto::endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("the sluice binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "not one JSON object ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(out.status.success(), "{json}");
+        json
+    };
+    let first = run();
+    assert_eq!(first["status"], "done", "{first}");
+    assert_eq!(first["cached"], false);
+    assert_eq!(first["result"]["total_words"], 1_500);
+    let again = run();
+    assert_eq!(
+        (
+            again["cached"].clone(),
+            again["result"]["total_words"].clone()
+        ),
+        (json!(true), json!(1_500))
+    );
+
+    let sdk = moto::sdk().await;
+    let settings = AwsSettings::local(&prefix);
+    let ports = AwsPorts::new(&sdk, &settings, orchestration::aws::Triggers::Local);
+    let left = ports.queues.list_queues(&prefix).await.unwrap();
+    assert_eq!(
+        left.len(),
+        2,
+        "only the control queue and its DLQ remain: {left:?}"
+    );
+    let id = JobId::parse(first["job_id"].as_str().unwrap()).unwrap();
+    assert!(ports
+        .blobs
+        .get(&format!("results/{id}.json"))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// The sweeper deletes a finished job's leftovers (a queue and its mapping that a daemon
+/// dying during teardown would leave) and restarts a job whose daemon went silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_cleans_up_after_dead_daemons() {
+    let (_dir, engine, ports, settings) = deployment("sweep").await;
+    let id = post_fixture_job(&engine).await;
+    run_until_done(&engine, &ports, &settings, &id).await;
+    let rec = record::load(ports.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+
+    // Leftovers of the finished attempt: a queue, a mapping reading it, a reservation.
+    let leaked = ports
+        .queues
+        .create_queue(&orchestration::ports::QueueSpec {
+            name: format!("{}-{}-{}-count", settings.prefix, id.short(), rec.attempt),
+            visibility_timeout: Duration::from_secs(30),
+            dead_letter: None,
+        })
+        .await
+        .unwrap();
+    let tags = std::collections::BTreeMap::from([
+        ("sluice:job".to_owned(), id.to_string()),
+        ("sluice:attempt".to_owned(), rec.attempt.to_string()),
+        ("sluice:stage".to_owned(), "count".to_owned()),
+    ]);
+    let config = orchestration::ports::MappingConfig {
+        batch_size: 10,
+        batching_window_secs: 0,
+        max_concurrency: 2,
+        enabled: true,
+    };
+    let mapping = ports
+        .mappings
+        .create_mapping(&leaked, "count", config, tags)
+        .await
+        .unwrap();
+    orchestration::reserve::reconcile(&engine.services, "count", id.as_str(), rec.attempt, 7, 225)
+        .await
+        .unwrap();
+    assert_eq!(
+        ports
+            .mappings
+            .get_reserved_concurrency("count")
+            .await
+            .unwrap(),
+        Some(7)
+    );
+
+    // A job whose daemon went silent: created long ago, never ticked, no tick in flight.
+    let silent = orchestration::job::JobRequest {
+        job_type: "wordcount".into(),
+        params: json!({"messages": 50, "partition_size": 10}),
+    };
+    let submitted = orchestration::submit::submit(&engine.services, &silent, &Default::default())
+        .await
+        .unwrap();
+    let control = &settings.control_queue_url;
+    let drained = ports
+        .queues
+        .receive(control, 10, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    ports
+        .queues
+        .delete(
+            control,
+            drained.into_iter().map(|m| m.receipt_handle).collect(),
+        )
+        .await
+        .unwrap();
+    let v = record::load(ports.store.as_ref(), &submitted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut old = v.record;
+    old.created_ms -= 3_600_000;
+    old.last_tick_ms = old.created_ms;
+    record::save(ports.store.as_ref(), &old, v.version)
+        .await
+        .unwrap();
+
+    let report = Sweeper::new(engine.services.clone()).sweep().await.unwrap();
+    assert_eq!(report.deleted_queues, vec![leaked.clone()], "{report:?}");
+    assert_eq!(
+        report.deleted_mappings,
+        vec![mapping.id.clone()],
+        "{report:?}"
+    );
+    assert_eq!(report.released_needs, 1, "{report:?}");
+    assert_eq!(report.restarted, vec![submitted.id.clone()], "{report:?}");
+    assert!(ports
+        .mappings
+        .list_mappings(Some(&leaked))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ports
+            .queues
+            .queue_url(leaked.rsplit('/').next().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        ports
+            .mappings
+            .get_reserved_concurrency("count")
+            .await
+            .unwrap(),
+        None
+    );
+    // The restarted job runs to the end.
+    run_until_done(&engine, &ports, &settings, &submitted.id).await;
+    let done = record::load(ports.store.as_ref(), &submitted.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(done.outcome.unwrap().result.unwrap()["total_words"], 250);
 }

@@ -55,6 +55,11 @@ fn moto() -> &'static Moto {
     })
 }
 
+/// The emulator's endpoint URL (for child processes: `AWS_ENDPOINT_URL`).
+pub fn endpoint() -> &'static str {
+    &moto().endpoint
+}
+
 /// The SDK configuration for the emulator: loopback endpoint, fixed test credentials.
 pub async fn sdk() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
