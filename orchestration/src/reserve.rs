@@ -76,17 +76,12 @@ pub async fn reconcile(
         attrs.insert("need".into(), need.into());
         svc.store.put(&key, attrs, Condition::Always).await?;
     }
-    apply(svc, function, cap).await?;
-    let total: u64 = needs(svc, function)
-        .await?
-        .iter()
-        .map(|(_, _, n)| u64::from(*n))
-        .sum();
+    let total = apply(svc, function, cap).await?;
     Ok(share(need, total, cap))
 }
 
-/// Sets `function`'s reserved concurrency from its recorded needs.
-pub async fn apply(svc: &Services, function: &str, cap: u32) -> Result<(), ReserveError> {
+/// Sets `function`'s reserved concurrency from its recorded needs; returns their sum.
+pub async fn apply(svc: &Services, function: &str, cap: u32) -> Result<u64, ReserveError> {
     let total: u64 = needs(svc, function)
         .await?
         .iter()
@@ -105,7 +100,7 @@ pub async fn apply(svc: &Services, function: &str, cap: u32) -> Result<(), Reser
                 .await?;
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// A job's share of a function's reserved concurrency: its need when all needs fit under
