@@ -819,14 +819,8 @@ impl Fenced {
         Ok(())
     }
 
-    /// The most reserved concurrency one stage function may get, when the deployment sets
-    /// reserved concurrency at all: its budget split evenly over the stage functions.
     fn reserve_cap(&self) -> Option<u32> {
-        let budget = self.svc.settings.concurrency_budget?;
-        Some(
-            (budget / Function::STAGE_FUNCTIONS.len() as u32)
-                .max(crate::ports::limits::MIN_MAX_CONCURRENCY),
-        )
+        reserve::cap(&self.svc)
     }
 
     /// Records this job's need of each stage function's reserved concurrency (the sum of its

@@ -9,6 +9,7 @@
 //! Concurrent daemons may interleave their writes of the function's setting; every tick
 //! reconciles again from the stored needs, so the setting converges within a tick interval.
 
+use crate::flow::Function;
 use crate::ports::{limits, Attributes, Condition, Key, MappingError, StoreError};
 use crate::services::Services;
 
@@ -26,6 +27,13 @@ pub fn needs_pk(function: &str) -> String {
 
 pub fn need_key(function: &str, job: &str, attempt: u32) -> Key {
     Key::new(needs_pk(function), format!("{job}#{attempt}"))
+}
+
+/// The most reserved concurrency one stage function may get, when the deployment has a
+/// reservation budget: the budget split evenly over the stage functions.
+pub fn cap(svc: &Services) -> Option<u32> {
+    let budget = svc.settings.concurrency_budget?;
+    Some((budget / Function::STAGE_FUNCTIONS.len() as u32).max(limits::MIN_MAX_CONCURRENCY))
 }
 
 /// Needs read per store query.

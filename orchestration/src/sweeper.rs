@@ -150,8 +150,7 @@ impl Sweeper {
         }
         // Reserved-concurrency needs of attempts that are over (their daemon died before
         // releasing them), then the functions' settings from what is left.
-        if let Some(budget) = svc.settings.concurrency_budget {
-            let cap = (budget / Function::STAGE_FUNCTIONS.len() as u32).max(2);
+        if let Some(cap) = reserve::cap(svc) {
             for function in Function::STAGE_FUNCTIONS {
                 for (job, attempt, _) in reserve::needs(svc, function.as_str()).await? {
                     let short = job.get(..32).unwrap_or(&job);
