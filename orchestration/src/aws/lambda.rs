@@ -133,22 +133,22 @@ impl LambdaMappings {
         function_name(&self.prefix, function)
     }
 
-    async fn tags_of(&self, arn: &str) -> Result<BTreeMap<String, String>, MappingError> {
+    /// The mapping's tags; `None` when it was deleted after it was listed (a sweeper or
+    /// another daemon may delete it at any time).
+    async fn tags_of(&self, arn: &str) -> Result<Option<BTreeMap<String, String>>, MappingError> {
         if let Some(tags) = self.tags.lock().ok().and_then(|t| t.get(arn).cloned()) {
-            return Ok(tags);
+            return Ok(Some(tags));
         }
-        let out = self
-            .client
-            .list_tags()
-            .resource(arn)
-            .send()
-            .await
-            .map_err(|e| backend("ListTags", e))?;
+        let out = match self.client.list_tags().resource(arn).send().await {
+            Ok(out) => out,
+            Err(e) if is_not_found(e.code()) => return Ok(None),
+            Err(e) => return Err(backend("ListTags", e)),
+        };
         let tags: BTreeMap<String, String> = out.tags.unwrap_or_default().into_iter().collect();
         if let Ok(mut cache) = self.tags.lock() {
             cache.insert(arn.to_owned(), tags.clone());
         }
-        Ok(tags)
+        Ok(Some(tags))
     }
 
     /// The port's view of a mapping; `None` for a mapping being deleted or one that is not
@@ -166,7 +166,11 @@ impl LambdaMappings {
             return Ok(None);
         };
         let mut tags = match &raw.arn {
-            Some(arn) => self.tags_of(arn).await?,
+            Some(arn) => match self.tags_of(arn).await? {
+                Some(tags) => tags,
+                // Deleted since it was listed.
+                None => return Ok(None),
+            },
             None => BTreeMap::new(),
         };
         let enabled = match self.triggers {
@@ -279,7 +283,10 @@ impl Mappings for LambdaMappings {
         if self.triggers == Triggers::Local {
             if let Some(arn) = &raw.arn {
                 let wanted = config.enabled.to_string();
-                if self.tags_of(arn).await?.get(ENABLED_TAG) != Some(&wanted) {
+                let Some(tags) = self.tags_of(arn).await? else {
+                    return Err(MappingError::NotFound(id.to_owned()));
+                };
+                if tags.get(ENABLED_TAG) != Some(&wanted) {
                     self.client
                         .tag_resource()
                         .resource(arn)
