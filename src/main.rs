@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod gen;
+mod plot;
 mod progress;
 mod report;
 mod serve;
@@ -140,10 +141,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure: `cached-api` (latency of a cached result over local HTTP).
+    /// Reproduce the paper's experiments and measure throughput on the embedded engine:
+    /// CSV and plots (SVG, PNG) in the results directory, a summary on stdout.
     Bench {
         #[command(subcommand)]
-        experiment: Experiment,
+        experiment: bench::Experiment,
+        /// Where to write CSV files and plots.
+        #[arg(long, global = true, default_value = "bench-results")]
+        out: PathBuf,
+        /// Print exactly one JSON object on stdout.
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// Generate input data in the state directory's blob store (`gen tweets`).
     Gen {
@@ -158,16 +166,8 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum Experiment {
-    /// p50/p99 latency of a cached result over local HTTP (the paper: about 600 ms).
-    CachedApi {
-        #[arg(long, default_value_t = 1000)]
-        requests: usize,
-        #[arg(long)]
-        json: bool,
-    },
-}
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_API: &str = "http://127.0.0.1:8080";
 
@@ -353,8 +353,10 @@ fn main() -> Result<()> {
             Command::Cancel { id, api } => remote_cancel(&api, &id).await,
             Command::Gen { data } => gen::run(&state_dir, data).await,
             Command::Bench {
-                experiment: Experiment::CachedApi { requests, json },
-            } => bench::cached_api(requests, json).await,
+                experiment,
+                out,
+                json,
+            } => bench::run(experiment, bench::Output { dir: out, json }).await,
         }
     })?;
     std::process::exit(code)
@@ -413,12 +415,18 @@ async fn run(target: &Target, job: JobCommand) -> Result<i32> {
         }
     }
     let wall = started.elapsed();
+    let usage = if cached {
+        None
+    } else {
+        Some(engine.usage().await?)
+    };
     report::finished(
         engine.services.store.as_ref(),
         &engine.log,
         &id,
         cached,
         wall,
+        usage,
         run.json,
     )
     .await
@@ -471,6 +479,7 @@ async fn result(target: &Target, id: &str, json: bool) -> Result<i32> {
         &id,
         true,
         Duration::ZERO,
+        None,
         json,
     )
     .await
@@ -559,8 +568,16 @@ async fn cached_fast_path(
             let log = orchestration::local::InvocationLog::open(
                 &state_dir.join(orchestration::local::engine::INVOCATIONS_FILE),
             )?;
-            let code =
-                report::finished(&store, &log, &valid.id, true, started.elapsed(), as_json).await?;
+            let code = report::finished(
+                &store,
+                &log,
+                &valid.id,
+                true,
+                started.elapsed(),
+                None,
+                as_json,
+            )
+            .await?;
             Ok(Some(code))
         }
         _ => Ok(None),

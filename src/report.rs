@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use orchestration::cost::Usage;
 use orchestration::job::{JobId, JobStatus};
 use orchestration::local::InvocationLog;
 use orchestration::ports::{JobStore, StageStats};
@@ -16,6 +17,7 @@ pub async fn finished(
     id: &JobId,
     cached: bool,
     wall: Duration,
+    usage: Option<Usage>,
     as_json: bool,
 ) -> Result<i32> {
     let Some(v) = record::load(store, id).await? else {
@@ -33,6 +35,13 @@ pub async fn finished(
         _ => None,
     };
     let exit = if rec.status == JobStatus::Done { 0 } else { 1 };
+    // What this run would have cost on AWS: its requests, plus the mappings' empty polls
+    // (one mapping per stage and the daemon's) over the job's time.
+    let usage = usage.map(|u| {
+        let seconds = run_ms.unwrap_or(0) as f64 / 1e3;
+        u.with_polling(rec.stages.len() as u64 + 1, seconds)
+    });
+    let estimate = usage.as_ref().map(Usage::estimate);
     if as_json {
         let document = json!({
             "job_id": id,
@@ -51,6 +60,7 @@ pub async fn finished(
                 "invocations": invocations,
                 "billed_ms": billed_ms,
                 "stages": stages,
+                "aws_cost_model": estimate.as_ref().map(|e| json!({"estimate": e, "usage": usage})),
                 "parts": rec.parts.iter().zip(&rec.parts_computed).map(|(id, computed)| {
                     json!({"job_id": id, "computed": computed})
                 }).collect::<Vec<_>>(),
@@ -111,6 +121,26 @@ pub async fn finished(
         "  {:<8} {:>11} {:>10} {:>8} {:>9} {:>10}",
         "total", invocations, "", "", "", billed_ms
     );
+    if let (Some(u), Some(e)) = (&usage, &estimate) {
+        println!("aws cost model (this run's requests at list prices; AWS-FACTS.md)");
+        println!(
+            "  lambda     {} requests, {:.2} billed s, {:.3} GB-s  ${:.6}",
+            e.lambda_requests, e.lambda_billed_s, e.lambda_gb_s, e.lambda_usd
+        );
+        println!(
+            "  sqs        {} requests + {} empty polls            ${:.6}",
+            u.sqs_requests, u.sqs_empty_receives, e.sqs_usd
+        );
+        println!(
+            "  dynamodb   {} write units, {} read units            ${:.6}",
+            u.dynamodb_write_units, u.dynamodb_read_units, e.dynamodb_usd
+        );
+        println!(
+            "  s3         {} put/list, {} get                       ${:.6}",
+            u.s3_write_requests, u.s3_read_requests, e.s3_usd
+        );
+        println!("  total      ${:.6}", e.total_usd);
+    }
     Ok(exit)
 }
 

@@ -46,17 +46,27 @@ impl Envelope {
 
     /// Serializes the envelope, moving a large payload to the blob store first.
     pub async fn encode(mut self, blobs: &dyn Blobs) -> Result<String, EnvelopeError> {
-        let body =
-            serde_json::to_string(&self).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let malformed = |e: serde_json::Error| EnvelopeError::Malformed(e.to_string());
+        let mut body = serde_json::to_string(&self).map_err(malformed)?;
         if body.len() <= INLINE_PAYLOAD_LIMIT {
             return Ok(body);
         }
         let key = Self::claim_check_key(&self.job, self.attempt, &self.stage, self.partition);
-        let payload = serde_json::to_vec(&self.payload)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // `payload` is the last field serialized: the body ends `,"payload":<payload>}`.
+        // Cut it out rather than serialize a large payload a second time.
+        let payload = self.payload.take();
+        let head = serde_json::to_string(&self).map_err(malformed)?;
+        let start = head.len() - 1 + r#","payload":"#.len();
+        if payload.is_none() || start >= body.len() {
+            return Err(EnvelopeError::Malformed(format!(
+                "an envelope of {} bytes with no payload to claim-check",
+                body.len()
+            )));
+        }
+        body.truncate(body.len() - 1);
+        let payload = body.split_off(start).into_bytes();
         // Deterministic key and content: a retried send rewrites the same object.
         blobs.put(&key, payload).await?;
-        self.payload = None;
         self.payload_ref = Some(key);
         serde_json::to_string(&self).map_err(|e| EnvelopeError::Malformed(e.to_string()))
     }
@@ -79,5 +89,46 @@ impl Envelope {
             .await?
             .ok_or_else(|| EnvelopeError::MissingPayload(key.clone()))?;
         serde_json::from_slice(&bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::FileBlobs;
+    use serde_json::json;
+
+    fn envelope(payload: Value) -> Envelope {
+        Envelope {
+            job: "j".repeat(64),
+            attempt: 2,
+            stage: "count".into(),
+            partition: 7,
+            payload: Some(payload),
+            payload_ref: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn large_payloads_are_claim_checked_byte_for_byte_and_small_ones_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FileBlobs::open(dir.path().to_owned()).unwrap();
+        let lines: Vec<String> = (0..20_000).map(|i| format!("line \"{i}\" é")).collect();
+        let payload = json!({ "lines": lines });
+        let body = envelope(payload.clone()).encode(&blobs).await.unwrap();
+        assert!(body.len() < 1024, "{body}");
+        let mut parsed = Envelope::parse(&body).unwrap();
+        let key = parsed.payload_ref.clone().unwrap();
+        assert_eq!(
+            key,
+            Envelope::claim_check_key(&"j".repeat(64), 2, "count", 7)
+        );
+        let stored = blobs.get(&key).await.unwrap().unwrap();
+        assert_eq!(stored, serde_json::to_vec(&payload).unwrap());
+        assert_eq!(parsed.take_payload(&blobs).await.unwrap(), payload);
+
+        let small = envelope(json!({"lines": ["a b"]}));
+        let body = small.clone().encode(&blobs).await.unwrap();
+        assert_eq!(Envelope::parse(&body).unwrap(), small);
     }
 }

@@ -12,6 +12,8 @@
 //!   the generator behind `sluice gen tweets`.
 //! - [`envelope`]: the message every stage queue carries; claim-checks for large payloads.
 //! - [`policy`]: scaling policies, pure functions from observation to levers.
+//! - [`cost`]: the AWS cost model: list prices applied to a run's requests and billed time.
+//! - [`meter`]: port decorators that count requests in AWS's billing units.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines (the alarms' metrics).
 //! - [`ledger`]: exactly-once aggregation (partition markers + aggregate in one transaction).
 //! - [`reserve`]: reserved concurrency across jobs (needs recorded per job, summed, capped).
@@ -29,6 +31,7 @@
 pub mod api;
 pub mod aws;
 pub mod components;
+pub mod cost;
 pub mod daemon;
 pub mod envelope;
 pub mod faults;
@@ -37,6 +40,7 @@ pub mod job;
 pub mod jobs;
 pub mod ledger;
 pub mod local;
+pub mod meter;
 pub mod metrics;
 pub mod policy;
 pub mod ports;

@@ -265,7 +265,13 @@ impl StageHandler {
         if index > 0 && self.svc.faults.is_poison(env.partition) {
             return Err(ItemError::Poison(env.partition));
         }
-        let payload = env.take_payload(self.svc.blobs.as_ref()).await?;
+        // A pass-through stage forwards the message unread (a claim-check stays in place).
+        let through = matches!(&stage.step, Step::Transform(t) if t.passes_through());
+        let payload = if through {
+            Value::Null
+        } else {
+            env.take_payload(self.svc.blobs.as_ref()).await?
+        };
         let next = |env: &Envelope| {
             ctx.next_queue.get(&env.stage).cloned().ok_or_else(|| {
                 ItemError::Job(
@@ -284,6 +290,15 @@ impl StageHandler {
             payload_ref: None,
         };
         let effect = match &stage.step {
+            Step::Transform(_) if through => {
+                let body = Envelope {
+                    stage: next_stage.clone().unwrap_or_default(),
+                    ..env.clone()
+                }
+                .encode(self.svc.blobs.as_ref())
+                .await?;
+                Effect::Send(next(&env)?, vec![OutgoingMessage::new(body)])
+            }
             Step::Source(source) => {
                 let task: FeedTask = serde_json::from_value(payload)
                     .map_err(|e| EnvelopeError::Malformed(format!("feed task: {e}")))?;

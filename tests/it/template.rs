@@ -273,6 +273,15 @@ fn template_functions_are_the_deployments_functions() {
         if !matches!(t.number(t.function_prop(f, "Timeout")), Some(s) if s > 0.0 && s <= 900.0) {
             problems.push(format!("{id}: Timeout must be 1 to 900 s"));
         }
+        // The cost model bills each function at the memory the template gives it.
+        let memory = t.number(t.function_prop(f, "MemorySize"));
+        let modelled = f64::from(orchestration::cost::memory_mb(name));
+        if memory != Some(modelled) {
+            problems.push(format!(
+                "{id}: MemorySize is {memory:?}, but the cost model (cost::memory_mb) bills \
+                 {modelled} MB"
+            ));
+        }
     }
     check(problems);
 }

@@ -17,6 +17,10 @@ pub(crate) fn lines(payload: &Value) -> Result<&Vec<Value>, ComponentError> {
 }
 
 impl Transform for Filter {
+    fn passes_through(&self) -> bool {
+        self.contains.is_none()
+    }
+
     fn apply(&self, payload: Value) -> Result<Value, ComponentError> {
         let Some(needle) = &self.contains else {
             lines(&payload)?;

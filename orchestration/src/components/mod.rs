@@ -80,6 +80,13 @@ pub trait Transform: Send + Sync {
     /// Turns one partition's payload into the next stage's payload. It never drops the
     /// partition itself (an empty payload still has to reach the reduce to be counted).
     fn apply(&self, payload: Value) -> Result<Value, ComponentError>;
+
+    /// True when `apply` would return its payload unchanged: the stage then forwards the
+    /// message as it came (a claim-check stays where it is) without reading the payload,
+    /// and the next stage is the one to judge it.
+    fn passes_through(&self) -> bool {
+        false
+    }
 }
 
 pub trait Reduce: Send + Sync {

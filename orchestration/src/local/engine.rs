@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cost::Usage;
 use crate::daemon::Daemon;
 use crate::faults::Faults;
 use crate::flow::{Function, Registry};
+use crate::meter::{Meter, MeteredBlobs, MeteredQueues, MeteredStore};
 use crate::ports::{
     BlobError, DeadLetter, MappingConfig, MappingError, Mappings, QueueError, QueueSpec, Queues,
     StoreError, SystemClock,
@@ -49,6 +51,9 @@ pub struct EngineOptions {
 pub struct Engine {
     pub services: Arc<Services>,
     pub log: InvocationLog,
+    /// What this engine has asked of its ports since it opened, in AWS's billing units.
+    pub meter: Arc<Meter>,
+    opened_ms: u64,
     /// Where the runtime learns of mapping changes at once (the embedded mappings' change
     /// feed); without one it re-lists mappings every `resync_interval`.
     changes: Option<tokio::sync::watch::Receiver<u64>>,
@@ -63,6 +68,16 @@ pub const QUEUES_FILE: &str = "queues.db";
 pub const MAPPINGS_FILE: &str = "mappings.db";
 pub const INVOCATIONS_FILE: &str = "invocations.db";
 pub const BLOBS_DIR: &str = "blobs";
+
+/// The services with the store, queues and blobs counted by `meter`.
+fn metered(services: Services, meter: &Arc<Meter>) -> Arc<Services> {
+    Arc::new(Services {
+        store: Arc::new(MeteredStore::new(services.store.clone(), meter.clone())),
+        queues: Arc::new(MeteredQueues::new(services.queues.clone(), meter.clone())),
+        blobs: Arc::new(MeteredBlobs::new(services.blobs.clone(), meter.clone())),
+        ..services
+    })
+}
 
 impl Engine {
     /// Opens (or creates) the engine's state under `state_dir`. Call inside a Tokio runtime.
@@ -117,7 +132,7 @@ impl Engine {
         }
 
         let changes = Some(mappings.subscribe());
-        let services = Arc::new(Services {
+        let services = Services {
             store,
             queues,
             blobs,
@@ -126,10 +141,13 @@ impl Engine {
             registry: options.registry.unwrap_or_default(),
             settings,
             faults: options.faults,
-        });
+        };
+        let meter = Meter::new();
         Ok(Self {
-            services,
+            services: metered(services, &meter),
             log,
+            meter,
+            opened_ms: super::now_ms(),
             changes,
             runtime: options.runtime,
             state_dir: state_dir.to_owned(),
@@ -147,9 +165,12 @@ impl Engine {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| EngineError::StateDir(state_dir.to_owned(), e))?;
         let log = InvocationLog::open(&state_dir.join(INVOCATIONS_FILE))?;
+        let meter = Meter::new();
         Ok(Self {
-            services,
+            services: metered((*services).clone(), &meter),
             log,
+            meter,
+            opened_ms: super::now_ms(),
             changes: None,
             runtime,
             state_dir: state_dir.to_owned(),
@@ -158,6 +179,14 @@ impl Engine {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// What the engine has used since it opened (every job it ran, its daemon ticks), in
+    /// AWS's units; add the mappings' polling with [`Usage::with_polling`].
+    pub async fn usage(&self) -> Result<Usage, LogError> {
+        self.log.flush().await;
+        let invocations = self.log.function_totals(self.opened_ms)?;
+        Ok(self.meter.usage(&invocations))
     }
 
     /// Runs the local ESM runtime (every stage function and the daemon) until `shutdown`.

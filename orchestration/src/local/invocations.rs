@@ -142,6 +142,29 @@ impl InvocationLog {
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
+    /// Per function: billed invocations and billed ms of invocations started at or after
+    /// `since_ms` (every job's, and the daemon's ticks).
+    pub fn function_totals(&self, since_ms: u64) -> Result<Vec<(String, u64, u64)>, LogError> {
+        let conn = self.conn.lock().map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT function, COUNT(*), SUM(MAX(1, (duration_us + 999) / 1000))
+                 FROM invocations WHERE started_ms >= ?1 AND outcome != 'throttled'
+                 GROUP BY function ORDER BY function",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![since_ms as i64], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)? as u64,
+                    row.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
     /// All records of a job attempt, oldest first.
     pub fn records(&self, job: &str, attempt: u32) -> Result<Vec<InvocationRecord>, LogError> {
         let conn = self.conn.lock().map_err(backend)?;

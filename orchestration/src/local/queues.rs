@@ -105,7 +105,10 @@ CREATE TABLE IF NOT EXISTS sqs_queues (
     name              TEXT NOT NULL UNIQUE,
     visibility_ms     INTEGER NOT NULL,
     dlq_name          TEXT,
-    max_receive_count INTEGER
+    max_receive_count INTEGER,
+    -- Messages in the queue, kept by every insert and delete, so that counts need not
+    -- scan a deep queue (and hold the shard) to answer.
+    depth             INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sqs_messages (
     id            INTEGER PRIMARY KEY,
@@ -312,10 +315,37 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), QueueError> {
         )));
     }
     tx.execute_batch(SCHEMA).db()?;
+    let has_depth: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sqs_queues') WHERE name = 'depth')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !has_depth {
+        // A state directory from before depths were kept.
+        tx.execute_batch(
+            "ALTER TABLE sqs_queues ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+             UPDATE sqs_queues SET depth =
+                 (SELECT COUNT(*) FROM sqs_messages WHERE queue_id = sqs_queues.id);",
+        )
+        .db()?;
+    }
     if layout == 0 {
         tx.pragma_update(None, "user_version", shards).db()?;
     }
     tx.commit().db()
+}
+
+/// Keeps `sqs_queues.depth` in step with the rows a transaction added or removed.
+fn adjust_depth(conn: &Connection, qid: i64, by: i64) -> Result<(), QueueError> {
+    if by != 0 {
+        conn.prepare_cached("UPDATE sqs_queues SET depth = depth + ?2 WHERE id = ?1")
+            .db()?
+            .execute(params![qid, by])
+            .db()?;
+    }
+    Ok(())
 }
 
 fn find_queue(conn: &Connection, name: &str) -> Result<Option<i64>, QueueError> {
@@ -626,6 +656,7 @@ impl Shard {
                     .db()?;
             }
         }
+        adjust_depth(&tx, qid, messages.len() as i64)?;
         tx.commit().db()
     }
 
@@ -665,6 +696,7 @@ impl Shard {
                     return Ok(Step::CheckDlq(r.dlq_name.clone()));
                 };
                 park(&tx, &dead, &r.dlq_name)?;
+                adjust_depth(&tx, q.id, -(dead.len() as i64))?;
                 tracing::debug!(
                     queue = name,
                     dead_letter_queue = %r.dlq_name,
@@ -699,9 +731,11 @@ impl Shard {
                     "DELETE FROM sqs_messages WHERE id = ?1 AND queue_id = ?2 AND receipt = ?3",
                 )
                 .db()?;
+            let mut deleted = 0;
             for (id, token) in handles.iter().filter_map(|h| parse_receipt(h)) {
-                delete.execute(params![id, qid, token]).db()?;
+                deleted += delete.execute(params![id, qid, token]).db()?;
             }
+            adjust_depth(&tx, qid, -(deleted as i64))?;
         }
         tx.commit().db()
     }
@@ -732,20 +766,25 @@ impl Shard {
     async fn counts(&self, name: &str) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn().await;
         let tx = conn.transaction().db()?;
-        let qid = queue_id(&tx, name)?;
-        let (visible, in_flight, delayed): (i64, i64, i64) = tx
+        let (qid, depth): (i64, i64) = tx
+            .prepare_cached("SELECT id, depth FROM sqs_queues WHERE name = ?1")
+            .db()?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .db()?
+            .ok_or_else(|| QueueError::NoSuchQueue(url_of(name)))?;
+        // Only the hidden messages are read (in flight and delayed: few, however deep the
+        // queue); the visible ones are the rest of the depth.
+        let (in_flight, delayed): (i64, i64) = tx
             .prepare_cached(
-                "SELECT COALESCE(SUM(visible_ms <= ?2), 0),
-                        COALESCE(SUM(visible_ms > ?2 AND receive_count > 0), 0),
-                        COALESCE(SUM(visible_ms > ?2 AND receive_count = 0), 0)
-                 FROM sqs_messages WHERE queue_id = ?1",
+                "SELECT COALESCE(SUM(receive_count > 0), 0), COALESCE(SUM(receive_count = 0), 0)
+                 FROM sqs_messages WHERE queue_id = ?1 AND visible_ms > ?2",
             )
             .db()?
-            .query_row(params![qid, now()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(params![qid, now()], |r| Ok((r.get(0)?, r.get(1)?)))
             .db()?;
         tx.commit().db()?;
+        let visible = depth - in_flight - delayed;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(QueueCounts {
             visible: n(visible),
@@ -820,6 +859,7 @@ impl Shard {
             .db()?
             .execute(params![qid, now(), m.sent_ms, m.message_id, m.body])
             .db()?;
+            adjust_depth(&tx, qid, 1)?;
             tracing::debug!(
                 message_id = %m.message_id,
                 dead_letter_queue = %m.dlq_name,

@@ -436,7 +436,9 @@ async fn invoke(ctx: &PollerContext, url: &str, function_name: &str, batch: Vec<
     let function = ctx.function.clone();
     let event = event(url, &batch);
     // A task of its own, so a panic is caught and a timeout can abort it.
-    let mut task = tokio::spawn(async move { function.invoke(event).await });
+    let name = function_name.to_owned();
+    let mut task =
+        tokio::spawn(async move { crate::meter::in_function(&name, function.invoke(event)).await });
     let heartbeat = async {
         let every = ctx.runtime.visibility_heartbeat;
         let receipts: Vec<String> = batch.iter().map(|m| m.receipt_handle.clone()).collect();
