@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{one_job, wordcount};
 
-/// A line of prose (19 words); line i is `"{TEXT} {i}"`, as the paper's feed makes them.
+/// A line of prose (20 words); line i is `"{TEXT} {i}"`, as the paper's feed makes them.
 const TEXT: &str =
     "it was the best of times it was the worst of times it was the age of wisdom it was";
 /// Lines per partition: about 1 MiB of text each.

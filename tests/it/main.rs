@@ -2,6 +2,7 @@
 
 mod api;
 mod aws;
+mod bench;
 mod cli;
 mod contract;
 mod engine;
