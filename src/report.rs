@@ -123,23 +123,42 @@ pub async fn finished(
     );
     if let (Some(u), Some(e)) = (&usage, &estimate) {
         println!("aws cost model (this run's requests at list prices; AWS-FACTS.md)");
-        println!(
-            "  lambda     {} requests, {:.2} billed s, {:.3} GB-s  ${:.6}",
-            e.lambda_requests, e.lambda_billed_s, e.lambda_gb_s, e.lambda_usd
+        let line = |service: &str, what: String, usd: f64| {
+            println!("  {service:<10} {what:<44} ${usd:.6}");
+        };
+        line(
+            "lambda",
+            format!(
+                "{} requests, {:.2} billed s, {:.3} GB-s",
+                e.lambda_requests, e.lambda_billed_s, e.lambda_gb_s
+            ),
+            e.lambda_usd,
         );
-        println!(
-            "  sqs        {} requests + {} empty polls            ${:.6}",
-            u.sqs_requests, u.sqs_empty_receives, e.sqs_usd
+        line(
+            "sqs",
+            format!(
+                "{} requests + {} empty polls",
+                u.sqs_requests, u.sqs_empty_receives
+            ),
+            e.sqs_usd,
         );
-        println!(
-            "  dynamodb   {} write units, {} read units            ${:.6}",
-            u.dynamodb_write_units, u.dynamodb_read_units, e.dynamodb_usd
+        line(
+            "dynamodb",
+            format!(
+                "{} write units, {} read units",
+                u.dynamodb_write_units, u.dynamodb_read_units
+            ),
+            e.dynamodb_usd,
         );
-        println!(
-            "  s3         {} put/list, {} get                       ${:.6}",
-            u.s3_write_requests, u.s3_read_requests, e.s3_usd
+        line(
+            "s3",
+            format!(
+                "{} put/list, {} get",
+                u.s3_write_requests, u.s3_read_requests
+            ),
+            e.s3_usd,
         );
-        println!("  total      ${:.6}", e.total_usd);
+        println!("  {:<10} {:<44} ${:.6}", "total", "", e.total_usd);
     }
     Ok(exit)
 }

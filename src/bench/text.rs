@@ -44,7 +44,7 @@ pub fn hand_loop(bytes: &[u8]) -> u64 {
     let mut words = 0u64;
     let mut in_word = false;
     for &b in bytes {
-        let space = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+        let space = b.is_ascii_whitespace() || b == 0x0b;
         words += u64::from(!space && !in_word);
         in_word = !space;
     }

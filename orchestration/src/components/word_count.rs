@@ -44,22 +44,44 @@ impl Transform for WordCount {
     }
 }
 
-/// `line.split_whitespace().count()`, a byte at a time when the line is ASCII (the
-/// Unicode whitespace rules need decoding only past ASCII).
+/// `line.split_whitespace().count()`, a byte at a time while the line is ASCII (the Unicode
+/// whitespace rules need decoding only past ASCII).
 pub fn count_words(line: &str) -> u64 {
-    if !line.is_ascii() {
-        return line.split_whitespace().count() as u64;
-    }
     let mut words = 0u64;
     let mut in_word = false;
     for &b in line.as_bytes() {
-        // ASCII whitespace as `char::is_whitespace` has it: with vertical tab (0x0b).
-        let space = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+        let class = BYTE_CLASS[usize::from(b)];
+        if class == NON_ASCII {
+            return line.split_whitespace().count() as u64;
+        }
+        let space = class == SPACE;
         words += u64::from(!space && !in_word);
         in_word = !space;
     }
     words
 }
+
+const WORD: u8 = 0;
+const SPACE: u8 = 1;
+const NON_ASCII: u8 = 2;
+
+/// Each byte's class: ASCII whitespace as `char::is_whitespace` has it (with vertical tab),
+/// other ASCII, or a byte of a multi-byte character.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [WORD; 256];
+    let mut b = 0x80;
+    while b < 256 {
+        table[b] = NON_ASCII;
+        b += 1;
+    }
+    table[b' ' as usize] = SPACE;
+    table[b'\t' as usize] = SPACE;
+    table[b'\n' as usize] = SPACE;
+    table[b'\r' as usize] = SPACE;
+    table[0x0b] = SPACE;
+    table[0x0c] = SPACE;
+    table
+};
 
 #[cfg(test)]
 mod tests {
