@@ -16,6 +16,67 @@ pub enum GenCommand {
     /// tweets/YYYY-MM-DD/part-NNNNN.jsonl (.jsonl.gz with --gzip). Regenerating a day
     /// replaces it.
     Tweets(TweetsArgs),
+    /// Plain text for `run wordcount --input text/`: lines "{prose} {i}", in objects of
+    /// --part-mib under text/part-NNNNN.txt. Regenerating replaces them.
+    Text(TextArgs),
+}
+
+#[derive(Args)]
+pub struct TextArgs {
+    /// Total size, MiB (the last line may end a little past it).
+    #[arg(long)]
+    mib: u64,
+    /// Size of each object, MiB.
+    #[arg(long, default_value_t = 64)]
+    part_mib: u64,
+}
+
+/// Where `gen text` writes.
+pub const TEXT_PREFIX: &str = "text/";
+/// The prose of every generated line (20 words); line i is `"{TEXT} {i}"`.
+pub const TEXT: &str =
+    "it was the best of times it was the worst of times it was the age of wisdom it was";
+
+/// Generated text: at least `total` bytes of lines `"{TEXT} {i}"` (i from 1), cut into
+/// objects of about `part` bytes at line ends. Returns the objects and the line count.
+pub fn text_parts(total: u64, part: u64) -> (Vec<Vec<u8>>, u64) {
+    let mut parts = Vec::new();
+    let mut current = Vec::with_capacity(part as usize + 256);
+    let (mut written, mut lines) = (0u64, 0u64);
+    while written < total {
+        lines += 1;
+        let before = current.len();
+        current.extend_from_slice(TEXT.as_bytes());
+        current.push(b' ');
+        current.extend_from_slice(lines.to_string().as_bytes());
+        current.push(b'\n');
+        written += (current.len() - before) as u64;
+        if current.len() as u64 >= part {
+            parts.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    (parts, lines)
+}
+
+/// Writes [`text_parts`] under [`TEXT_PREFIX`], replacing what was there; returns
+/// `(objects, lines, bytes)`.
+pub async fn write_text(blobs: &FileBlobs, mib: u64, part_mib: u64) -> Result<(usize, u64, u64)> {
+    use orchestration::ports::Blobs;
+    for key in blobs.list(TEXT_PREFIX).await? {
+        blobs.delete(&key).await?;
+    }
+    let (parts, lines) = text_parts(mib << 20, part_mib.max(1) << 20);
+    let mut bytes = 0;
+    for (i, part) in parts.iter().enumerate() {
+        bytes += part.len() as u64;
+        blobs
+            .put(&format!("{TEXT_PREFIX}part-{i:05}.txt"), part.clone())
+            .await?;
+    }
+    Ok((parts.len(), lines, bytes))
 }
 
 #[derive(Args)]
@@ -44,7 +105,21 @@ pub struct TweetsArgs {
 }
 
 pub async fn run(state_dir: &Path, command: GenCommand) -> Result<i32> {
-    let GenCommand::Tweets(args) = command;
+    let args = match command {
+        GenCommand::Tweets(args) => args,
+        GenCommand::Text(args) => {
+            let root = state_dir.join(orchestration::local::engine::BLOBS_DIR);
+            let blobs = FileBlobs::open(&root)
+                .with_context(|| format!("opening the blob store {}", root.display()))?;
+            let (objects, lines, bytes) = write_text(&blobs, args.mib, args.part_mib).await?;
+            println!(
+                "wrote {lines} lines, {:.1} MiB in {objects} objects under {}/{TEXT_PREFIX}",
+                bytes as f64 / 1048576.0,
+                root.display()
+            );
+            return Ok(0);
+        }
+    };
     let options = GenOptions {
         from: args.from,
         to: args.to,

@@ -176,8 +176,15 @@ enum JobCommand {
     /// The paper's experiment: count the words of N synthetic messages "{text} {i}".
     Wordcount {
         /// Number of messages (1 to 100,000,000).
+        #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+        messages: Option<u64>,
+        /// Count the lines of the objects under this blob-store prefix instead of synthetic
+        /// messages (`sluice gen text` writes text/).
         #[arg(long)]
-        messages: u64,
+        input: Option<String>,
+        /// With --input: bytes per partition (1 KiB to 16 MiB; default 4 MiB).
+        #[arg(long, requires = "input")]
+        range_bytes: Option<u64>,
         /// Message text; message i is "{text} {i}".
         #[arg(long)]
         text: Option<String>,
@@ -241,38 +248,58 @@ struct JobOptions {
 
 impl JobCommand {
     fn request(&self) -> (JobRequest, &JobOptions) {
-        let (messages, text, partition_size, per_word, contains, options) = match self {
-            JobCommand::Wordcount {
-                messages,
-                text,
-                partition_size,
-                per_word,
-                contains,
-                options,
-            } => (messages, text, partition_size, per_word, contains, options),
-            JobCommand::FireTweets {
-                country,
-                from,
-                to,
-                keywords,
-                partition_bytes,
-                options,
-            } => {
-                let mut params = json!({ "country": country, "from": from, "to": to });
-                if !keywords.is_empty() {
-                    params["keywords"] = json!(keywords);
+        let (messages, input, range_bytes, text, partition_size, per_word, contains, options) =
+            match self {
+                JobCommand::Wordcount {
+                    messages,
+                    input,
+                    range_bytes,
+                    text,
+                    partition_size,
+                    per_word,
+                    contains,
+                    options,
+                } => (
+                    messages,
+                    input,
+                    range_bytes,
+                    text,
+                    partition_size,
+                    per_word,
+                    contains,
+                    options,
+                ),
+                JobCommand::FireTweets {
+                    country,
+                    from,
+                    to,
+                    keywords,
+                    partition_bytes,
+                    options,
+                } => {
+                    let mut params = json!({ "country": country, "from": from, "to": to });
+                    if !keywords.is_empty() {
+                        params["keywords"] = json!(keywords);
+                    }
+                    if let Some(bytes) = partition_bytes {
+                        params["partition_bytes"] = json!(bytes);
+                    }
+                    let request = JobRequest {
+                        job_type: "fire-tweets".into(),
+                        params,
+                    };
+                    return (request, options);
                 }
-                if let Some(bytes) = partition_bytes {
-                    params["partition_bytes"] = json!(bytes);
-                }
-                let request = JobRequest {
-                    job_type: "fire-tweets".into(),
-                    params,
-                };
-                return (request, options);
-            }
-        };
-        let mut params = json!({ "messages": messages, "per_word": per_word });
+            };
+        let mut params = json!({ "per_word": per_word });
+        match (messages, input) {
+            (_, Some(input)) => params["input"] = json!(input),
+            (Some(messages), None) => params["messages"] = json!(messages),
+            (None, None) => {}
+        }
+        if let Some(bytes) = range_bytes {
+            params["range_bytes"] = json!(bytes);
+        }
         if let Some(text) = text {
             params["text"] = json!(text);
         }

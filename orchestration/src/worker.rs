@@ -9,7 +9,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
 use tracing::{debug, warn, Instrument};
 
-use crate::components::{ComponentError, FeedTask, SourceContext};
+use crate::components::{blob_lines, ComponentError, FeedTask, SourceContext};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::faults::CrashPoint;
 use crate::flow::{Flow, Function, Step};
@@ -316,7 +316,14 @@ impl StageHandler {
                 Effect::Send(next(&env)?, out)
             }
             Step::Transform(transform) => {
-                let output = transform.apply(payload)?;
+                let blobs = self.svc.blobs.as_ref();
+                let output = match blob_lines::resolve(blobs, &payload).await? {
+                    Some((text, rest)) => match transform.apply_text(&text) {
+                        Some(output) => output?,
+                        None => transform.apply(blob_lines::lines_payload(&text, rest))?,
+                    },
+                    None => transform.apply(payload)?,
+                };
                 let body = forward(env.partition, output)
                     .encode(self.svc.blobs.as_ref())
                     .await?;

@@ -217,7 +217,12 @@ async fn run_jobs(engine: &Engine, requests: &[(JobRequest, Policy)]) -> Result<
 /// One job on a fresh engine: its run, and what it would cost on AWS.
 async fn one_job(request: JobRequest, policy: Policy, tag: &str) -> Result<(JobRun, Usage)> {
     let scratch = Scratch::new(tag)?;
-    let engine = Engine::open(scratch.path(), EngineOptions::default()).await?;
+    job_in(scratch.path(), request, policy).await
+}
+
+/// One job on an engine in `state_dir` (which may hold input data).
+async fn job_in(state_dir: &Path, request: JobRequest, policy: Policy) -> Result<(JobRun, Usage)> {
+    let engine = Engine::open(state_dir, EngineOptions::default()).await?;
     let mut runs = run_jobs(&engine, &[(request, policy)]).await?;
     let run = runs.pop().context("no run")?;
     let usage = engine.usage().await?.with_polling(5, run.job_s);

@@ -1,19 +1,21 @@
-//! The large-text word count: a wordcount job over at least `mib` MiB of generated lines,
-//! against a single-threaded hand-written loop over the same bytes, in the same run.
+//! The large-text word count: a wordcount job over at least `mib` MiB of generated text in
+//! the blob store (`sluice gen text`), against a single-threaded hand-written loop over the
+//! same bytes, in the same run. Generating and loading the text is not timed on either side.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use orchestration::job::JobRequest;
+use orchestration::local::FileBlobs;
 use orchestration::policy::Policy;
 use serde_json::{json, Value};
 
-use super::{one_job, wordcount};
+use super::{job_in, Scratch};
+use crate::gen::{write_text, TEXT, TEXT_PREFIX};
 
-/// A line of prose (20 words); line i is `"{TEXT} {i}"`, as the paper's feed makes them.
-const TEXT: &str =
-    "it was the best of times it was the worst of times it was the age of wisdom it was";
-/// Lines per partition: about 1 MiB of text each.
-const PARTITION_LINES: u64 = 10_000;
+/// Objects of 64 MiB, read in ranges of 16 MiB (the largest `range_bytes`).
+const PART_MIB: u64 = 64;
+const RANGE_BYTES: u64 = 16 << 20;
 
 pub struct TextRun {
     pub bytes: u64,
@@ -39,7 +41,7 @@ impl TextRun {
 }
 
 /// The words of `bytes`: maximal runs of non-whitespace, counted in one pass with no
-/// allocation. ASCII whitespace as `char::is_whitespace` has it (with vertical tab).
+/// allocation (ASCII whitespace as `char::is_whitespace` has it, with vertical tab).
 pub fn hand_loop(bytes: &[u8]) -> u64 {
     let mut words = 0u64;
     let mut in_word = false;
@@ -52,39 +54,40 @@ pub fn hand_loop(bytes: &[u8]) -> u64 {
 }
 
 pub async fn measure(mib: u64) -> Result<TextRun> {
-    let target = mib << 20;
-    // The same bytes the job's feed generates: line i is "{TEXT} {i}", one per line.
-    let mut text = Vec::with_capacity(target as usize + (1 << 20));
-    let mut lines = 0u64;
-    while (text.len() as u64) < target {
-        lines += 1;
-        text.extend_from_slice(TEXT.as_bytes());
-        text.push(b' ');
-        text.extend_from_slice(lines.to_string().as_bytes());
-        text.push(b'\n');
+    let scratch = Scratch::new("text")?;
+    let root = scratch.path().join(orchestration::local::engine::BLOBS_DIR);
+    let blobs = FileBlobs::open(&root)?;
+    let (_, lines, bytes) = write_text(&blobs, mib, PART_MIB).await?;
+    // The same bytes, read back from the files the job reads, then counted.
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(root.join(TEXT_PREFIX.trim_end_matches('/')))? {
+        parts.push(std::fs::read(entry?.path())?);
     }
-    let words_per_line = TEXT.split_whitespace().count() as u64 + 1;
     let started = Instant::now();
-    let words = hand_loop(std::hint::black_box(&text));
+    let words: u64 = parts
+        .iter()
+        .map(|p| hand_loop(std::hint::black_box(p)))
+        .sum();
     let hand_loop_s = started.elapsed().as_secs_f64();
+    drop(parts);
+    let words_per_line = TEXT.split_whitespace().count() as u64 + 1;
     if words != lines * words_per_line {
         bail!(
             "the hand loop counted {words} words, not {}",
             lines * words_per_line
         );
     }
-    let bytes = text.len() as u64;
-    drop(text);
-
-    let request = wordcount(
-        lines,
-        json!({"text": TEXT, "partition_size": PARTITION_LINES}),
-    );
-    let (run, _) = one_job(request, Policy::default(), "text").await?;
-    if run.result["total_words"].as_u64() != Some(words) {
+    let request = JobRequest {
+        job_type: "wordcount".into(),
+        params: json!({"input": TEXT_PREFIX, "range_bytes": RANGE_BYTES}),
+    };
+    let (run, _) = job_in(scratch.path(), request, Policy::default()).await?;
+    if run.result["total_words"].as_u64() != Some(words)
+        || run.result["messages"].as_u64() != Some(lines)
+    {
         bail!(
-            "the job counted {}, the hand loop {words}",
-            run.result["total_words"]
+            "the job counted {}, the hand loop {words} words in {lines} lines",
+            run.result
         );
     }
     Ok(TextRun {
@@ -117,5 +120,15 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn generated_text_is_cut_at_line_ends() {
+        let (parts, lines) = crate::gen::text_parts(10_000, 1_000);
+        assert!(parts.iter().all(|p| p.ends_with(b"\n")));
+        let total: usize = parts.iter().map(Vec::len).sum();
+        assert!(total >= 10_000);
+        let text: Vec<u8> = parts.concat();
+        assert_eq!(text.iter().filter(|&&b| b == b'\n').count() as u64, lines);
     }
 }

@@ -342,3 +342,71 @@ fn a_killed_run_continues_exactly() {
     assert_eq!(out["result"]["messages"], 1_000_000);
     assert_eq!(out["coverage"], 1.0);
 }
+
+/// Stored text, counted by reference: the same words as a plain count of the files, with
+/// and without a filter (which needs the lines themselves).
+#[test]
+fn wordcount_counts_stored_text_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice(
+        dir.path(),
+        &["gen", "text", "--mib", "3", "--part-mib", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = String::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("blobs/text"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3);
+    for f in &files {
+        text.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    let lines = text.lines().count() as u64;
+    let words = text.split_whitespace().count() as u64;
+    // Ranges of 64 KiB cut lines everywhere; every line is still counted once.
+    let args = [
+        "run",
+        "wordcount",
+        "--input",
+        "text/",
+        "--range-bytes",
+        "65536",
+        "--json",
+    ];
+    let (all, status) = sluice_json(dir.path(), &args);
+    assert!(status.status.success(), "{all}");
+    assert_eq!(all["result"]["total_words"], words);
+    assert_eq!(all["result"]["messages"], lines);
+    let ranges: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len().div_ceil(65536))
+        .sum();
+    assert_eq!(all["stats"]["total_partitions"], ranges);
+
+    let mut filtered = args.to_vec();
+    filtered.splice(2..2, ["--contains", "99"]);
+    let (some, status) = sluice_json(dir.path(), &filtered);
+    assert!(status.status.success(), "{some}");
+    let kept: Vec<&str> = text.lines().filter(|l| l.contains("99")).collect();
+    assert!(!kept.is_empty());
+    assert_eq!(some["result"]["messages"], kept.len() as u64);
+    assert_eq!(
+        some["result"]["total_words"],
+        kept.iter()
+            .map(|l| l.split_whitespace().count() as u64)
+            .sum::<u64>()
+    );
+
+    // `input` and `messages` do not mix.
+    let out = sluice(
+        dir.path(),
+        &["run", "wordcount", "--input", "text/", "--messages", "5"],
+    );
+    assert!(!out.status.success());
+}

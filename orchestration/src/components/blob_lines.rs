@@ -55,6 +55,10 @@ pub struct BlobLines {
     /// Every object under any of these prefixes is read once (prefixes may overlap).
     pub prefixes: Vec<String>,
     pub range_bytes: u64,
+    /// Emit `{"range": {...}, "prefix": ...}` for plain objects instead of their lines: the
+    /// text stays in the blob store and the first stage that reads it fetches its range
+    /// ([`resolve`]). Stages that pass a partition through never touch its bytes.
+    pub by_reference: bool,
 }
 
 /// A feed task's detail: the object and the byte range of it the task reads. For a gzip
@@ -89,6 +93,7 @@ impl BlobLines {
         Self {
             prefixes,
             range_bytes: DEFAULT_RANGE_BYTES,
+            by_reference: false,
         }
     }
 
@@ -160,46 +165,8 @@ impl BlobLines {
         blobs: &dyn Blobs,
         spec: &RangeSpec,
     ) -> Result<Value, ComponentError> {
-        let (start, end) = (spec.start, spec.end);
-        if start >= end {
-            return Ok(self.payload(&spec.key, &[]));
-        }
-        // One byte before `start` tells whether a line starts at `start`.
-        let from = start.saturating_sub(1);
-        let mut buf = blobs
-            .get_range(&spec.key, from, end)
-            .await
-            .map_err(blob_error)?
-            .ok_or_else(|| missing(&spec.key))?;
-        let (rel_start, rel_end) = ((start - from) as usize, (end - from) as usize);
-        let reached_eof = buf.len() < rel_end;
-        let owns_a_line = first_line_start(&buf, rel_start).is_some_and(|p| p < rel_end);
-        if owns_a_line && !reached_eof && buf.last() != Some(&b'\n') {
-            // Finish the last line: read on until a newline or the end of the object.
-            let mut at = end;
-            let mut chunk = TAIL_CHUNK;
-            let mut tail = 0usize;
-            loop {
-                let more = blobs
-                    .get_range(&spec.key, at, at + chunk)
-                    .await
-                    .map_err(blob_error)?
-                    .ok_or_else(|| missing(&spec.key))?;
-                let got = more.len() as u64;
-                if let Some(nl) = more.iter().position(|&b| b == b'\n') {
-                    buf.extend_from_slice(&more[..=nl]);
-                    break;
-                }
-                buf.extend_from_slice(&more);
-                tail += more.len();
-                if got < chunk || tail > MAX_LINE_BYTES {
-                    break; // the end of the object, or a line past all reason
-                }
-                at += got;
-                chunk = chunk.saturating_mul(2);
-            }
-        }
-        Ok(self.payload(&spec.key, owned(&buf, rel_start, rel_end)))
+        let region = read_region(blobs, spec).await?;
+        Ok(self.payload(&spec.key, &region))
     }
 
     /// `{"lines": [...], "prefix": ...}` from a run of whole lines of object `key`.
@@ -211,6 +178,95 @@ impl BlobLines {
         }
         Value::Object(payload)
     }
+
+    /// `{"range": spec, "prefix": ...}`: the partition by reference.
+    fn reference(&self, spec: &RangeSpec) -> Value {
+        let mut payload = serde_json::Map::new();
+        payload.insert("range".into(), serde_json::json!(spec));
+        if let Some(prefix) = self
+            .prefixes
+            .iter()
+            .find(|p| spec.key.starts_with(p.as_str()))
+        {
+            payload.insert("prefix".into(), Value::String(prefix.clone()));
+        }
+        Value::Object(payload)
+    }
+}
+
+/// A partition's text, when its payload is a reference (`{"range": ...}`): the bytes of the
+/// lines it owns, and the payload without the reference (its other fields, e.g. `prefix`).
+/// `None` for a payload that carries its lines.
+pub async fn resolve(
+    blobs: &dyn Blobs,
+    payload: &Value,
+) -> Result<Option<(Vec<u8>, serde_json::Map<String, Value>)>, ComponentError> {
+    let Some(range) = payload.get("range") else {
+        return Ok(None);
+    };
+    let spec: RangeSpec = serde_json::from_value(range.clone())
+        .map_err(|e| ComponentError::Malformed(format!("range reference: {e}")))?;
+    if spec.gzip {
+        return Err(ComponentError::Malformed(
+            "a gzip object cannot be read by range".into(),
+        ));
+    }
+    let mut rest = payload.as_object().cloned().unwrap_or_default();
+    rest.remove("range");
+    Ok(Some((read_region(blobs, &spec).await?, rest)))
+}
+
+/// The payload `{"lines": [...], ...rest}` of a region of whole lines.
+pub fn lines_payload(region: &[u8], mut rest: serde_json::Map<String, Value>) -> Value {
+    rest.insert("lines".into(), Value::Array(lines_of(region)));
+    Value::Object(rest)
+}
+
+/// The bytes of the lines that start in the spec's range (module docs).
+async fn read_region(blobs: &dyn Blobs, spec: &RangeSpec) -> Result<Vec<u8>, ComponentError> {
+    let (start, end) = (spec.start, spec.end);
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    // One byte before `start` tells whether a line starts at `start`.
+    let from = start.saturating_sub(1);
+    let mut buf = blobs
+        .get_range(&spec.key, from, end)
+        .await
+        .map_err(blob_error)?
+        .ok_or_else(|| missing(&spec.key))?;
+    let (rel_start, rel_end) = ((start - from) as usize, (end - from) as usize);
+    let reached_eof = buf.len() < rel_end;
+    let owns_a_line = first_line_start(&buf, rel_start).is_some_and(|p| p < rel_end);
+    if owns_a_line && !reached_eof && buf.last() != Some(&b'\n') {
+        // Finish the last line: read on until a newline or the end of the object.
+        let mut at = end;
+        let mut chunk = TAIL_CHUNK;
+        let mut tail = 0usize;
+        loop {
+            let more = blobs
+                .get_range(&spec.key, at, at + chunk)
+                .await
+                .map_err(blob_error)?
+                .ok_or_else(|| missing(&spec.key))?;
+            let got = more.len() as u64;
+            if let Some(nl) = more.iter().position(|&b| b == b'\n') {
+                buf.extend_from_slice(&more[..=nl]);
+                break;
+            }
+            buf.extend_from_slice(&more);
+            tail += more.len();
+            if got < chunk || tail > MAX_LINE_BYTES {
+                break; // the end of the object, or a line past all reason
+            }
+            at += got;
+            chunk = chunk.saturating_mul(2);
+        }
+    }
+    let (p, q) = owned_bounds(&buf, rel_start, rel_end);
+    buf.truncate(q);
+    buf.drain(..p);
+    Ok(buf)
 }
 
 /// Where the first line starting at or after `start` begins, if one does (before the end).
@@ -227,11 +283,17 @@ fn first_line_start(data: &[u8], start: usize) -> Option<usize> {
 /// The bytes of the lines that start in `[start, end)` of `data`, through the newline that
 /// ends the last of them (or the end of `data`). `data` must hold that newline if it exists.
 fn owned(data: &[u8], start: usize, end: usize) -> &[u8] {
+    let (p, q) = owned_bounds(data, start, end);
+    &data[p..q]
+}
+
+/// Where [`owned`]'s bytes begin and end in `data` (`(0, 0)` for none).
+fn owned_bounds(data: &[u8], start: usize, end: usize) -> (usize, usize) {
     let Some(p) = first_line_start(data, start) else {
-        return &[];
+        return (0, 0);
     };
     if p >= end {
-        return &[];
+        return (0, 0);
     }
     // The last owned line is the one holding byte `end - 1` (or the last line, if `data`
     // ends first); it ends at the first newline at or after that byte.
@@ -240,7 +302,7 @@ fn owned(data: &[u8], start: usize, end: usize) -> &[u8] {
         .iter()
         .position(|&b| b == b'\n')
         .map_or(data.len(), |i| last + i + 1);
-    &data[p..q]
+    (p, q)
 }
 
 /// The lines of a run of whole lines, each without its `\n` (or `\r\n`).
@@ -319,6 +381,12 @@ impl Source for BlobLines {
                 task.count
             )));
         }
+        if self.by_reference {
+            return Ok(vec![Partition {
+                index: task.first,
+                payload: self.reference(&spec),
+            }]);
+        }
         let payload = self.read_range(ctx.blobs.as_ref(), &spec).await?;
         debug!(key = %spec.key, start = spec.start, end = spec.end,
                lines = payload["lines"].as_array().map_or(0, Vec::len), "range read");
@@ -351,6 +419,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::components::Transform;
     use crate::local::FileBlobs;
 
     struct Fixture {
@@ -403,6 +472,7 @@ mod tests {
         BlobLines {
             prefixes: vec![prefix.into()],
             range_bytes,
+            by_reference: false,
         }
     }
 
@@ -444,6 +514,21 @@ mod tests {
                         gzip: false,
                     };
                     let v = s.read_range(f.ctx.blobs.as_ref(), &spec).await.unwrap();
+                    // By reference, the same range resolves to the same lines, and a word
+                    // count over its bytes agrees with one over its lines.
+                    let reference = serde_json::json!({ "range": spec });
+                    let (text, rest) = resolve(f.ctx.blobs.as_ref(), &reference)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let by_lines = lines_payload(&text, rest);
+                    assert_eq!(by_lines["lines"], v["lines"], "{content:?} at {range}");
+                    let wc = crate::components::WordCount::default();
+                    if let Some(out) = wc.apply_text(&text) {
+                        assert_eq!(out.unwrap(), wc.apply(by_lines).unwrap(), "{content:?}");
+                    } else {
+                        assert!(!content.is_ascii(), "{content:?}: ASCII has a fast path");
+                    }
                     for l in v["lines"].as_array().unwrap() {
                         lines.push(l.as_str().unwrap().to_owned());
                     }
@@ -582,6 +667,7 @@ mod tests {
         let s = BlobLines {
             prefixes: vec!["p/1/".into(), "p/".into(), "p/2/".into()],
             range_bytes: 4096,
+            by_reference: false,
         };
         let plan = s.plan(&f.ctx).await.unwrap();
         let specs: Vec<(String, u64, u64)> = plan

@@ -87,6 +87,13 @@ pub trait Transform: Send + Sync {
     fn passes_through(&self) -> bool {
         false
     }
+
+    /// The output for a partition given as text (the bytes of its whole lines, from a
+    /// source that emits references), when the transform can work on bytes directly; `None`
+    /// to be given `{"lines": [...]}` instead. Must agree with [`Transform::apply`].
+    fn apply_text(&self, _text: &[u8]) -> Option<Result<Value, ComponentError>> {
+        None
+    }
 }
 
 pub trait Reduce: Send + Sync {

@@ -159,6 +159,7 @@ impl JobType for FireTweets {
                     "feed",
                     "blob-lines",
                     Step::Source(Arc::new(BlobLines {
+                        by_reference: false,
                         prefixes: day_of_prefix.keys().cloned().collect(),
                         range_bytes: p.partition_bytes,
                     })),

@@ -1,11 +1,14 @@
 //! `wordcount`: the paper's experiment. A synthetic feed of `messages` lines
-//! `"{text} {i}"`, a filter, a word count, and a sum.
+//! `"{text} {i}"`, a filter, a word count, and a sum. With `input` instead of `messages`,
+//! the lines are those of the objects under a blob-store prefix, read by byte range (and
+//! by reference: each range is fetched by the first stage that reads it).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::components::{Filter, Sum, SyntheticText, WordCount};
+use crate::components::blob_lines::{DEFAULT_RANGE_BYTES, MAX_RANGE_BYTES, MIN_RANGE_BYTES};
+use crate::components::{BlobLines, Filter, Sum, SyntheticText, WordCount};
 use crate::flow::{Flow, Function, JobType, Stage, Step};
 use crate::job::{ParamReader, ValidationError};
 
@@ -17,29 +20,67 @@ pub const MAX_MESSAGES: u64 = 100_000_000;
 
 pub struct Wordcount;
 
+/// Where the lines come from.
+enum Input {
+    Synthetic(SyntheticText),
+    /// Every object under the prefix, in ranges of this many bytes.
+    Blobs {
+        prefix: String,
+        range_bytes: u64,
+    },
+}
+
 struct Params {
-    messages: u64,
-    text: String,
-    partition_size: u64,
+    input: Input,
     per_word: bool,
     contains: Option<String>,
 }
 
+/// Parameters only a synthetic feed has, refused beside `input`.
+const SYNTHETIC_ONLY: [&str; 3] = ["messages", "text", "partition_size"];
+
 fn read(params: &Value) -> Result<(Params, Value), ValidationError> {
+    let blob_input = params.get("input").is_some_and(|v| !v.is_null());
+    if blob_input {
+        if let Some(name) = SYNTHETIC_ONLY.iter().find(|n| params.get(**n).is_some()) {
+            return Err(ValidationError::new(
+                format!("params.{name}"),
+                "not with `input`: the lines are the objects'",
+            ));
+        }
+    }
     let mut r = ParamReader::new(params)?;
-    let messages = r.integer("messages", 1, MAX_MESSAGES, None)?;
-    let text = r
-        .string("text", 1_000, Some(DEFAULT_TEXT))?
-        .unwrap_or_default();
-    let partition_size = r.integer("partition_size", 1, 100_000, Some(DEFAULT_PARTITION_SIZE))?;
+    let input = if blob_input {
+        let prefix = r.string("input", 1_024, None)?.unwrap_or_default();
+        let range_bytes = r.integer(
+            "range_bytes",
+            MIN_RANGE_BYTES,
+            MAX_RANGE_BYTES,
+            Some(DEFAULT_RANGE_BYTES),
+        )?;
+        Input::Blobs {
+            prefix,
+            range_bytes,
+        }
+    } else {
+        let messages = r.integer("messages", 1, MAX_MESSAGES, None)?;
+        let text = r
+            .string("text", 1_000, Some(DEFAULT_TEXT))?
+            .unwrap_or_default();
+        let partition_size =
+            r.integer("partition_size", 1, 100_000, Some(DEFAULT_PARTITION_SIZE))?;
+        Input::Synthetic(SyntheticText {
+            messages,
+            text,
+            partition_size,
+        })
+    };
     let per_word = r.boolean("per_word", false)?;
     let contains = r.string("contains", 100, None)?;
     let normalized = r.finish()?;
     Ok((
         Params {
-            messages,
-            text,
-            partition_size,
+            input,
             per_word,
             contains,
         },
@@ -68,18 +109,31 @@ impl JobType for Wordcount {
             component,
             step,
         };
+        let (size, component, source): (u64, _, Step) = match p.input {
+            Input::Synthetic(source) => (
+                source.messages,
+                "synthetic-text",
+                Step::Source(Arc::new(source)),
+            ),
+            // The line count is unknown until the source is planned: static policies get the
+            // least concurrency (2 per stage), and a range is a few MiB of work already.
+            Input::Blobs {
+                prefix,
+                range_bytes,
+            } => (
+                1,
+                "blob-lines",
+                Step::Source(Arc::new(BlobLines {
+                    prefixes: vec![prefix],
+                    range_bytes,
+                    by_reference: true,
+                })),
+            ),
+        };
         Ok(Flow {
-            size: p.messages,
+            size,
             stages: vec![
-                stage(
-                    Function::Feed,
-                    "synthetic-text",
-                    Step::Source(Arc::new(SyntheticText {
-                        messages: p.messages,
-                        text: p.text,
-                        partition_size: p.partition_size,
-                    })),
-                ),
+                stage(Function::Feed, component, source),
                 stage(
                     Function::Filter,
                     "filter",
@@ -130,6 +184,25 @@ mod tests {
         );
         check(json!({"messages": 10, "limit": 3}), "params.limit");
         check(json!(7), "params");
+        check(json!({"input": "text/", "messages": 5}), "params.messages");
+        check(json!({"input": "text/", "text": "x"}), "params.text");
+        check(json!({"input": ""}), "params.input");
+        check(json!({"input": 3}), "params.input");
+        check(
+            json!({"input": "t/", "range_bytes": 10}),
+            "params.range_bytes",
+        );
+    }
+
+    #[test]
+    fn blob_input_reads_by_reference() {
+        let n = Wordcount.normalize(&json!({"input": "text/"})).unwrap();
+        assert_eq!(
+            n,
+            json!({"input": "text/", "range_bytes": DEFAULT_RANGE_BYTES, "per_word": false})
+        );
+        let flow = Wordcount.flow(&n).unwrap();
+        assert_eq!(flow.stages[0].component, "blob-lines");
     }
 
     #[test]
