@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
 pub use config::AwsSettings;
@@ -38,6 +39,17 @@ use crate::services::Services;
 pub const MAX_ATTEMPTS: u32 = 8;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// No call may hang: a connection that never answers would stall a poller or a daemon tick
+/// until the function times out. An attempt outlasts the longest SQS long poll (20 s); the
+/// whole call, its retries included, is bounded too.
+pub fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(25))
+        .operation_timeout(Duration::from_secs(90))
+        .build()
+}
 /// The Region when none is configured (an emulator does not care which).
 pub const FALLBACK_REGION: &str = "us-east-1";
 
@@ -57,6 +69,7 @@ pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .retry_config(retry_config())
+        .timeout_config(timeout_config())
         .load()
         .await
 }
