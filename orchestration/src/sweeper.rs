@@ -81,6 +81,23 @@ impl Sweeper {
     pub async fn sweep(&self) -> Result<SweepReport, SweepError> {
         let svc = &self.svc;
         let mut report = SweepReport::default();
+        // Resources first, jobs after: a queue, mapping or need is created after its job's
+        // record, so every one listed here has its job in the listing below, read no
+        // earlier than the resource. (Jobs first would let a job submitted in between look
+        // like an orphan, and lose its queues.)
+        let prefix = format!("{}-", svc.settings.prefix);
+        let queues = svc.queues.list_queues(&prefix).await?;
+        let mappings = svc.mappings.list_mappings(None).await?;
+        let cap = reserve::cap(svc);
+        let mut needs = Vec::new();
+        if cap.is_some() {
+            for function in Function::STAGE_FUNCTIONS {
+                for (job, attempt, _) in reserve::needs(svc, function.as_str()).await? {
+                    needs.push((function, job, attempt));
+                }
+            }
+        }
+
         let now = svc.clock.now_ms();
         let mut jobs: HashMap<String, JobRecord> = HashMap::new();
         let mut cursor: Option<String> = None;
@@ -109,8 +126,7 @@ impl Sweeper {
         report.jobs_seen = jobs.len();
 
         // Queues of attempts that are over, with the mappings that read them.
-        let prefix = format!("{}-", svc.settings.prefix);
-        for url in svc.queues.list_queues(&prefix).await? {
+        for url in queues {
             let name = url.rsplit('/').next().unwrap_or(&url);
             let Some((short, attempt)) = parse_queue_name(&svc.settings.prefix, name) else {
                 continue; // the control queue, its DLQ, or not ours
@@ -129,7 +145,7 @@ impl Sweeper {
 
         // Mappings of attempts that are over whose queue is already gone. Only job mappings
         // carry the job tag: the control queue's mapping is never touched.
-        for m in svc.mappings.list_mappings(None).await? {
+        for m in mappings {
             let (Some(job), Some(attempt)) = (
                 m.tags.get("sluice:job"),
                 m.tags
@@ -150,15 +166,15 @@ impl Sweeper {
         }
         // Reserved-concurrency needs of attempts that are over (their daemon died before
         // releasing them), then the functions' settings from what is left.
-        if let Some(cap) = reserve::cap(svc) {
-            for function in Function::STAGE_FUNCTIONS {
-                for (job, attempt, _) in reserve::needs(svc, function.as_str()).await? {
-                    let short = job.get(..32).unwrap_or(&job);
-                    if attempt_is_over(jobs.get(short), attempt) {
-                        reserve::reconcile(svc, function.as_str(), &job, attempt, 0, cap).await?;
-                        report.released_needs += 1;
-                    }
+        if let Some(cap) = cap {
+            for (function, job, attempt) in needs {
+                let short = job.get(..32).unwrap_or(&job);
+                if attempt_is_over(jobs.get(short), attempt) {
+                    reserve::reconcile(svc, function.as_str(), &job, attempt, 0, cap).await?;
+                    report.released_needs += 1;
                 }
+            }
+            for function in Function::STAGE_FUNCTIONS {
                 reserve::apply(svc, function.as_str(), cap).await?;
             }
         }

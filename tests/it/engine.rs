@@ -302,3 +302,61 @@ async fn composite_jobs_reuse_their_parts() {
         + rb.parts_computed.iter().filter(|c| **c).count();
     assert_eq!(computed, 3, "parts 5, 6 and 7 were each computed once");
 }
+
+/// A job whose tick chain is lost (its first tick never handled) is restarted by the
+/// engine's periodic sweep, as the scheduled sweeper restarts it on AWS, and ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_ticks_are_lost_is_restarted_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = orchestration::services::Settings {
+        tick_interval: Duration::from_millis(100),
+        lease_ttl: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let engine = Engine::open(
+        dir.path(),
+        EngineOptions {
+            settings: Some(settings),
+            runtime: orchestration::local::runtime::RuntimeConfig {
+                sweep_interval: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let submitted = submit(
+        &engine.services,
+        &wordcount(500, 50, false),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Lose the chain: take the job's first tick off the control queue.
+    let control = engine.services.settings.control_queue_url.clone();
+    let ticks = engine
+        .services
+        .queues
+        .receive(&control, 10, Duration::from_millis(200), None)
+        .await
+        .unwrap();
+    assert_eq!(ticks.len(), 1);
+    engine
+        .services
+        .queues
+        .delete(
+            &control,
+            ticks.into_iter().map(|m| m.receipt_handle).collect(),
+        )
+        .await
+        .unwrap();
+    run_until_done(&engine, std::slice::from_ref(&submitted.id)).await;
+    let rec = record::load(engine.services.store.as_ref(), &submitted.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(rec.status, JobStatus::Done);
+    assert_eq!(rec.outcome.unwrap().result.unwrap()["total_words"], 2_500);
+}

@@ -209,6 +209,25 @@ impl Engine {
             Function::Daemon.as_str(),
             Arc::new(Daemon::new(svc.clone())),
         );
-        runtime.run(shutdown).await;
+        let sweeping = async {
+            let Some(every) = self.runtime.sweep_interval else {
+                return std::future::pending().await;
+            };
+            let sweeper = crate::sweeper::Sweeper::new(svc.clone());
+            loop {
+                tokio::time::sleep(every).await;
+                match sweeper.sweep().await {
+                    Ok(report) if !report.restarted.is_empty() => {
+                        tracing::warn!(jobs = ?report.restarted, "restarted silent jobs");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
+        };
+        tokio::select! {
+            () = runtime.run(shutdown) => {}
+            () = sweeping => {}
+        }
     }
 }

@@ -58,6 +58,11 @@ pub struct RuntimeConfig {
     /// batch never reappears; locally the stage queues keep a short timeout so that failed
     /// batches come back quickly, and this keeps running ones hidden instead.
     pub visibility_heartbeat: Duration,
+    /// How often the engine runs the sweeper (`crate::sweeper`), as the deployment's schedule
+    /// does in AWS: a job whose tick chain was lost is restarted, leftovers of ended
+    /// attempts are deleted. The first sweep comes one interval after start, so short runs
+    /// never pay for it. `None`: never.
+    pub sweep_interval: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +73,7 @@ impl Default for RuntimeConfig {
             poll_wait: Duration::from_millis(500),
             resync_interval: Duration::from_millis(250),
             visibility_heartbeat: Duration::from_millis(750),
+            sweep_interval: Some(Duration::from_secs(10)),
         }
     }
 }
