@@ -55,11 +55,16 @@ impl ApiClient {
 
     /// Polls the job until its result is ready.
     pub async fn wait(&self, id: &str) -> Result<Value> {
+        self.wait_polling(id, Duration::from_millis(100)).await
+    }
+
+    /// [`ApiClient::wait`], asking every `every` (benchmarks want a finer resolution).
+    pub async fn wait_polling(&self, id: &str, every: Duration) -> Result<Value> {
         loop {
             let (status, body) = self.get(&format!("/jobs/{id}/result")).await?;
             match status {
                 200 => return Ok(body),
-                409 => tokio::time::sleep(Duration::from_millis(100)).await,
+                409 => tokio::time::sleep(every).await,
                 _ => bail!("{}", error_message(status, &body)),
             }
         }

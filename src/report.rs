@@ -36,11 +36,9 @@ pub async fn finished(
     };
     let exit = if rec.status == JobStatus::Done { 0 } else { 1 };
     // What this run would have cost on AWS: its requests, plus the mappings' empty polls
-    // (one mapping per stage and the daemon's) over the job's time.
-    let usage = usage.map(|u| {
-        let seconds = run_ms.unwrap_or(0) as f64 / 1e3;
-        u.with_polling(rec.stages.len() as u64 + 1, seconds)
-    });
+    // over the job's time.
+    let usage =
+        usage.map(|u| u.with_job_polling(rec.stages.len(), run_ms.unwrap_or(0) as f64 / 1e3));
     let estimate = usage.as_ref().map(Usage::estimate);
     if as_json {
         let document = json!({

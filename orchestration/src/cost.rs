@@ -105,6 +105,12 @@ impl Usage {
         self
     }
 
+    /// Adds the empty long polls of a job of `stages` stages over `seconds`: one mapping
+    /// per stage, and the daemon's on the control queue.
+    pub fn with_job_polling(self, stages: usize, seconds: f64) -> Self {
+        self.with_polling(stages as u64 + 1, seconds)
+    }
+
     pub fn estimate(&self) -> Estimate {
         let requests: u64 = self.functions.iter().map(|f| f.requests).sum();
         let gb_s: f64 = self.functions.iter().map(FunctionUsage::gb_s).sum();

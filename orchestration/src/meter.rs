@@ -218,6 +218,11 @@ impl MeteredQueues {
 /// SQS batch calls carry at most 10 entries.
 const SQS_BATCH: usize = 10;
 
+/// Requests a batch call over `entries` entries takes (at least one).
+fn batch_requests(entries: usize) -> u64 {
+    entries.div_ceil(SQS_BATCH).max(1) as u64
+}
+
 #[async_trait]
 impl Queues for MeteredQueues {
     async fn create_queue(&self, spec: &QueueSpec) -> Result<String, QueueError> {
@@ -265,8 +270,7 @@ impl Queues for MeteredQueues {
     }
 
     async fn delete(&self, url: &str, receipt_handles: Vec<String>) -> Result<(), QueueError> {
-        self.meter
-            .sqs(receipt_handles.len().div_ceil(SQS_BATCH).max(1) as u64);
+        self.meter.sqs(batch_requests(receipt_handles.len()));
         self.inner.delete(url, receipt_handles).await
     }
 
@@ -296,8 +300,7 @@ impl Queues for MeteredQueues {
         timeout: Duration,
     ) -> Result<(), QueueError> {
         if in_some_function() {
-            self.meter
-                .sqs(receipt_handles.len().div_ceil(SQS_BATCH).max(1) as u64);
+            self.meter.sqs(batch_requests(receipt_handles.len()));
         }
         self.inner
             .change_visibility_batch(url, receipt_handles, timeout)

@@ -424,17 +424,8 @@ async fn caching(requests: usize, messages: u64, out: &Output) -> Result<i32> {
             match status {
                 200 if answer["cached"] == true => {}
                 202 => {
-                    let id = answer["job_id"].as_str().context("no job id")?.to_owned();
-                    loop {
-                        let (status, body) = api.get(&format!("/jobs/{id}/result")).await?;
-                        if status == 200 {
-                            break;
-                        }
-                        if status != 409 {
-                            bail!("waiting for job {id}: {status} {body}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
+                    let id = answer["job_id"].as_str().context("no job id")?;
+                    api.wait_polling(id, Duration::from_millis(2)).await?;
                 }
                 _ => bail!("request {i}: unexpected answer {status}: {answer}"),
             }

@@ -137,6 +137,8 @@ pub struct JobRun {
     pub result: Value,
     pub records: Vec<InvocationRecord>,
     pub started_ms: u64,
+    /// The job's stages (each one a mapping).
+    pub stages: usize,
 }
 
 /// Submits `requests` to `engine` at once, runs the engine until every one has finished
@@ -208,6 +210,7 @@ async fn run_jobs(engine: &Engine, requests: &[(JobRequest, Policy)]) -> Result<
             result: crate::result_value(&rec),
             records,
             started_ms: started,
+            stages: rec.stages.len(),
             id,
         });
     }
@@ -225,7 +228,10 @@ async fn job_in(state_dir: &Path, request: JobRequest, policy: Policy) -> Result
     let engine = Engine::open(state_dir, EngineOptions::default()).await?;
     let mut runs = run_jobs(&engine, &[(request, policy)]).await?;
     let run = runs.pop().context("no run")?;
-    let usage = engine.usage().await?.with_polling(5, run.job_s);
+    let usage = engine
+        .usage()
+        .await?
+        .with_job_polling(run.stages, run.job_s);
     Ok((run, usage))
 }
 

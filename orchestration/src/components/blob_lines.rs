@@ -171,25 +171,22 @@ impl BlobLines {
 
     /// `{"lines": [...], "prefix": ...}` from a run of whole lines of object `key`.
     fn payload(&self, key: &str, region: &[u8]) -> Value {
-        let mut payload = serde_json::Map::new();
-        payload.insert("lines".into(), Value::Array(lines_of(region)));
+        lines_payload(region, self.prefix_field(key))
+    }
+
+    /// `{"prefix": ...}`: the first of the source's prefixes that holds `key`.
+    fn prefix_field(&self, key: &str) -> serde_json::Map<String, Value> {
+        let mut fields = serde_json::Map::new();
         if let Some(prefix) = self.prefixes.iter().find(|p| key.starts_with(p.as_str())) {
-            payload.insert("prefix".into(), Value::String(prefix.clone()));
+            fields.insert("prefix".into(), Value::String(prefix.clone()));
         }
-        Value::Object(payload)
+        fields
     }
 
     /// `{"range": spec, "prefix": ...}`: the partition by reference.
     fn reference(&self, spec: &RangeSpec) -> Value {
-        let mut payload = serde_json::Map::new();
+        let mut payload = self.prefix_field(&spec.key);
         payload.insert("range".into(), serde_json::json!(spec));
-        if let Some(prefix) = self
-            .prefixes
-            .iter()
-            .find(|p| spec.key.starts_with(p.as_str()))
-        {
-            payload.insert("prefix".into(), Value::String(prefix.clone()));
-        }
         Value::Object(payload)
     }
 }

@@ -65,6 +65,9 @@ impl InvocationRecord {
     }
 }
 
+/// [`InvocationRecord::billed_ms`] in SQL, for the queries that sum it.
+const BILLED_MS_SQL: &str = "MAX(1, (duration_us + 999) / 1000)";
+
 #[derive(Clone)]
 pub struct InvocationLog {
     conn: Arc<Mutex<Connection>>,
@@ -114,16 +117,15 @@ impl InvocationLog {
     pub fn stats(&self, job: &str, attempt: u32) -> Result<Vec<StageStats>, LogError> {
         let conn = self.conn.lock().map_err(backend)?;
         let mut stmt = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT stage, function, COUNT(*),
                         SUM(CASE WHEN outcome IN ('ok','partial') THEN batch_size - failed ELSE 0 END),
                         SUM(CASE WHEN outcome IN ('ok','partial') THEN failed ELSE batch_size END),
                         SUM(outcome IN ('error','panic','timeout')),
                         SUM(outcome = 'throttled'),
-                        SUM(CASE WHEN outcome = 'throttled' THEN 0
-                                 ELSE MAX(1, (duration_us + 999) / 1000) END)
-                 FROM invocations WHERE job = ?1 AND attempt = ?2 GROUP BY stage, function",
-            )
+                        SUM(CASE WHEN outcome = 'throttled' THEN 0 ELSE {BILLED_MS_SQL} END)
+                 FROM invocations WHERE job = ?1 AND attempt = ?2 GROUP BY stage, function"
+            ))
             .map_err(backend)?;
         let rows = stmt
             .query_map(params![job, attempt], |row| {
@@ -147,11 +149,11 @@ impl InvocationLog {
     pub fn function_totals(&self, since_ms: u64) -> Result<Vec<(String, u64, u64)>, LogError> {
         let conn = self.conn.lock().map_err(backend)?;
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT function, COUNT(*), SUM(MAX(1, (duration_us + 999) / 1000))
+            .prepare_cached(&format!(
+                "SELECT function, COUNT(*), SUM({BILLED_MS_SQL})
                  FROM invocations WHERE started_ms >= ?1 AND outcome != 'throttled'
-                 GROUP BY function ORDER BY function",
-            )
+                 GROUP BY function ORDER BY function"
+            ))
             .map_err(backend)?;
         let rows = stmt
             .query_map(params![since_ms as i64], |row| {
