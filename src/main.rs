@@ -153,6 +153,11 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Model a job (or many) on AWS at any size: the real policy and reservation code on
+    /// simulated time, the stages' costs calibrated on the embedded engine. Prints job
+    /// time, billed GB-s, requests and cost per policy; CSV and plots of concurrency and
+    /// backlog per stage in --out.
+    Simulate(bench::simulate::SimulateArgs),
     /// Generate input data in the state directory's blob store (`gen tweets`).
     Gen {
         #[command(subcommand)]
@@ -384,6 +389,7 @@ fn main() -> Result<()> {
                 out,
                 json,
             } => bench::run(experiment, bench::Output { dir: out, json }).await,
+            Command::Simulate(args) => bench::simulate::run(args).await,
         }
     })?;
     std::process::exit(code)

@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::components::SourceContext;
+use crate::cost;
 use crate::envelope::Envelope;
 use crate::flow::{Flow, Function, Step};
 use crate::job::{JobRequest, JobStatus};
@@ -21,7 +22,8 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::metrics;
 use crate::policy::{Levers, Observation, StageObservation};
 use crate::ports::{
-    BlobError, DeadLetter, MappingError, OutgoingMessage, QueueError, QueueSpec, StoreError,
+    BlobError, DeadLetter, MappingError, OutgoingMessage, QueueError, QueueSpec, StageStats,
+    StoreError,
 };
 use crate::record::{self, JobRecord, Lease, Outcome, StageRecord, Versioned};
 use crate::reserve;
@@ -795,20 +797,10 @@ impl Fenced {
         if let Some(dlq) = &self.rec.dlq_url {
             self.svc.queues.delete_queue(dlq).await?;
         }
-        if let Some(cap) = self.reserve_cap() {
-            let mut functions: Vec<_> = self.rec.stages.iter().map(|s| s.function).collect();
-            functions.dedup();
-            for function in functions {
-                reserve::reconcile(
-                    &self.svc,
-                    function.as_str(),
-                    self.rec.id.as_str(),
-                    self.rec.attempt,
-                    0,
-                    cap,
-                )
-                .await?;
-            }
+        if self.svc.settings.concurrency_budget.is_some()
+            && reserve::release(&self.svc, self.rec.id.as_str(), self.rec.attempt).await?
+        {
+            reserve::apply(&self.svc, &reserve::distinct(&self.stage_functions())).await?;
         }
         let prefix = format!("payloads/{}/{}/", self.rec.id, self.rec.attempt);
         for key in self.svc.blobs.list(&prefix).await? {
@@ -819,47 +811,26 @@ impl Fenced {
         Ok(())
     }
 
-    fn reserve_cap(&self) -> Option<u32> {
-        reserve::cap(&self.svc)
+    /// The function of each stage.
+    fn stage_functions(&self) -> Vec<Function> {
+        self.rec.stages.iter().map(|s| s.function).collect()
     }
 
-    /// Records this job's need of each stage function's reserved concurrency (the sum of its
-    /// stages' MaximumConcurrency on it), reconciles the functions' settings, and fits each
-    /// stage's MaximumConcurrency into the job's share, so no mapping runs above what its
-    /// function may run.
+    /// Takes this job's grants of its stage functions' reserved concurrency for what the
+    /// policy asks and fits the levers into them (`reserve::steer`), so no mapping runs
+    /// above what its function may run; a job waiting for admission gets its mappings
+    /// disabled.
     async fn reserve(&self, mut levers: Vec<Levers>) -> Result<Vec<Levers>, DaemonError> {
-        let Some(cap) = self.reserve_cap() else {
-            return Ok(levers);
-        };
-        let mut needs: Vec<(Function, u32)> = Vec::new();
-        for (stage, l) in self.rec.stages.iter().zip(&levers) {
-            match needs.iter_mut().find(|(f, _)| *f == stage.function) {
-                Some((_, n)) => *n += l.max_concurrency,
-                None => needs.push((stage.function, l.max_concurrency)),
-            }
-        }
-        for (function, need) in needs {
-            let share = reserve::reconcile(
+        if let Some(budget) = self.svc.settings.concurrency_budget {
+            reserve::steer(
                 &self.svc,
-                function.as_str(),
                 self.rec.id.as_str(),
                 self.rec.attempt,
-                need,
-                cap,
+                &self.stage_functions(),
+                &mut levers,
+                budget,
             )
             .await?;
-            for (stage, l) in self.rec.stages.iter().zip(levers.iter_mut()) {
-                if stage.function != function {
-                    continue;
-                }
-                let part = (u64::from(share) * u64::from(l.max_concurrency)
-                    / u64::from(need.max(1))) as u32;
-                l.max_concurrency = part.clamp(
-                    crate::ports::limits::MIN_MAX_CONCURRENCY,
-                    l.max_concurrency.max(2),
-                );
-                l.reserved_concurrency = Some(l.max_concurrency);
-            }
         }
         Ok(levers)
     }
@@ -869,6 +840,24 @@ impl Fenced {
         flow: &Flow,
         with_counts: bool,
     ) -> Result<Observation, DaemonError> {
+        // Throughput per stage from the invocation records, where the deployment keeps
+        // them; without them the policy assumes.
+        let stats = if with_counts {
+            match self
+                .svc
+                .telemetry
+                .stage_stats(self.rec.id.as_str(), self.rec.attempt)
+                .await
+            {
+                Ok(stats) => stats,
+                Err(e) => {
+                    warn!(job_id = %self.rec.id, error = %e, "no invocation statistics");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let mut stages = Vec::with_capacity(self.rec.stages.len());
         for (record, stage) in self.rec.stages.iter().zip(&flow.stages) {
             let counts = if with_counts {
@@ -876,15 +865,31 @@ impl Fenced {
             } else {
                 Default::default()
             };
+            let throughput = stats
+                .iter()
+                .find(|s| s.stage == record.name)
+                .and_then(StageStats::throughput);
             stages.push(StageObservation {
                 name: record.name.clone(),
                 is_source: matches!(stage.step, Step::Source(_)),
                 counts,
+                throughput,
+                memory_mb: cost::memory_mb(record.function.as_str()),
             });
         }
+        let finished_partitions = if with_counts && self.rec.planned {
+            let ledger = self.ledger();
+            ledger.reduced_count().await? + ledger.dead_partitions().await?.len() as u64
+        } else {
+            0
+        };
+        let now = self.svc.clock.now_ms();
+        let started = self.rec.started_ms.unwrap_or(now);
         Ok(Observation {
             job_size: flow.size,
             total_partitions: self.rec.total_partitions,
+            finished_partitions,
+            elapsed_s: now.saturating_sub(started) as f64 / 1000.0,
             stages,
         })
     }
@@ -892,21 +897,39 @@ impl Fenced {
     async fn apply_policy(&mut self, flow: &Flow) -> Result<(), DaemonError> {
         let decision = self.rec.policy.decide(&self.observation(flow, true).await?);
         let decision = self.reserve(decision).await?;
+        let previous: Vec<Option<Levers>> = self.rec.stages.iter().map(|s| s.levers).collect();
         let mut stages = self.rec.stages.clone();
         let mut changed = false;
-        for (stage, levers) in stages.iter_mut().zip(decision) {
-            let (Some(id), false) = (&stage.mapping_id, stage.levers == Some(levers)) else {
+        for (stage, levers) in stages.iter_mut().zip(&decision) {
+            let (Some(id), false) = (&stage.mapping_id, stage.levers == Some(*levers)) else {
                 continue;
             };
             self.svc
                 .mappings
                 .update_mapping(id, levers.mapping_config())
                 .await?;
-            stage.levers = Some(levers);
+            stage.levers = Some(*levers);
             changed = true;
         }
         if changed {
             self.update(move |r| r.stages = stages.clone()).await?;
+        }
+        if self.svc.settings.concurrency_budget.is_some() {
+            // AWS applies mapping updates asynchronously: the grant drops only to what the
+            // previous levers still use, and the rest goes back on the next tick.
+            let keep: Vec<Levers> = previous
+                .iter()
+                .zip(&decision)
+                .map(|(p, l)| p.map_or(*l, |p| reserve::wider(&p, l)))
+                .collect();
+            reserve::settle(
+                &self.svc,
+                self.rec.id.as_str(),
+                self.rec.attempt,
+                &self.stage_functions(),
+                &keep,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -950,6 +973,7 @@ mod tests {
             queues,
             blobs: Arc::new(FileBlobs::open(dir.join("blobs")).unwrap()),
             mappings: Arc::new(SqliteMappings::open(&dir.join("m.db")).unwrap()),
+            telemetry: Arc::new(crate::status::NoTelemetry),
             clock,
             registry: Registry::default(),
             settings: Settings {

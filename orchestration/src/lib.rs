@@ -16,7 +16,9 @@
 //! - [`meter`]: port decorators that count requests in AWS's billing units.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines (the alarms' metrics).
 //! - [`ledger`]: exactly-once aggregation (partition markers + aggregate in one transaction).
-//! - [`reserve`]: reserved concurrency across jobs (needs recorded per job, summed, capped).
+//! - [`reserve`]: reserved concurrency across jobs (grants under one budget, first come
+//!   first served, conditional writes).
+//! - [`sim`]: a discrete-event model of AWS running the real policy and reservation code.
 //! - [`record`]: the stored job record and the store's key layout.
 //! - [`services`]: settings and the ports bundle handed to every handler; the tick message.
 //! - [`faults`]: fault injection (`duplicate`, `crash`, `daemon-crash`, `poison`).
@@ -47,6 +49,7 @@ pub mod ports;
 pub mod record;
 pub mod reserve;
 pub mod services;
+pub mod sim;
 pub mod status;
 pub mod submit;
 pub mod sweeper;

@@ -1,10 +1,17 @@
 //! Scaling policies: pure functions from a tick's observation to each stage's levers.
+//!
+//! - `always-one` and `static-proportional:M` are the paper's policies: concurrency fixed
+//!   from the job's size, batches from its partition count.
+//! - `backlog` reads the queues: each stage's remaining work and measured throughput give
+//!   the concurrency that finishes in time, and the batch size that costs least at that
+//!   concurrency (see [`backlog`]).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::price;
 use crate::ports::{limits, MappingConfig, QueueCounts};
 
 /// What the daemon saw this tick. Queue counts are approximate: hints, never the completion
@@ -14,6 +21,10 @@ pub struct Observation {
     /// The job's input size n (messages), as static policies use it.
     pub job_size: u64,
     pub total_partitions: Option<u64>,
+    /// Partitions the ledger has reduced or dead-lettered so far.
+    pub finished_partitions: u64,
+    /// Seconds since the job started running.
+    pub elapsed_s: f64,
     pub stages: Vec<StageObservation>,
 }
 
@@ -22,6 +33,18 @@ pub struct StageObservation {
     pub name: String,
     pub is_source: bool,
     pub counts: QueueCounts,
+    /// Messages one invocation handles per second of billed time, from the invocation
+    /// records (`None` until the stage has run, or where no records are kept).
+    pub throughput: Option<f64>,
+    /// The stage function's memory, for the cost of its time.
+    pub memory_mb: u32,
+}
+
+impl StageObservation {
+    /// Messages waiting in or held from this stage's queue.
+    pub fn backlog(&self) -> u64 {
+        self.counts.visible + self.counts.in_flight + self.counts.delayed
+    }
 }
 
 /// One stage's levers: its mapping's settings and its function's reserved-concurrency need.
@@ -35,14 +58,25 @@ pub struct Levers {
 }
 
 impl Levers {
+    /// The mapping's settings; a stage granted no reserved concurrency (its job waits for
+    /// admission) is disabled.
     pub fn mapping_config(&self) -> MappingConfig {
         MappingConfig {
             batch_size: self.batch_size,
             batching_window_secs: self.batching_window_secs,
             max_concurrency: self.max_concurrency,
-            enabled: true,
+            enabled: self.reserved_concurrency != Some(0),
         }
     }
+}
+
+/// What a job asks of the `backlog` policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goal {
+    /// Finish within this many seconds of starting, at the least cost that does.
+    pub target_s: Option<u32>,
+    /// Spend at most this much (micro-dollars) of Lambda on the remaining work.
+    pub max_cost_microusd: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +87,8 @@ pub enum Policy {
     AlwaysOne,
     /// `ceil(n / m)` concurrent invocations per stage except the source (the paper's policy).
     StaticProportional(u32),
+    /// Concurrency and batches from each stage's remaining work and measured throughput.
+    Backlog(Goal),
 }
 
 impl Default for Policy {
@@ -63,11 +99,17 @@ impl Default for Policy {
 
 impl Policy {
     pub fn decide(&self, obs: &Observation) -> Vec<Levers> {
+        match self {
+            Self::Backlog(goal) => backlog(goal, obs),
+            Self::AlwaysOne | Self::StaticProportional(_) => self.decide_static(obs),
+        }
+    }
+
+    fn decide_static(&self, obs: &Observation) -> Vec<Levers> {
         obs.stages
             .iter()
             .map(|stage| {
                 let concurrency = match (self, stage.is_source) {
-                    (Self::AlwaysOne, _) | (_, true) => limits::MIN_MAX_CONCURRENCY,
                     (Self::StaticProportional(m), false) => {
                         let n = obs.job_size.div_ceil(u64::from(*m));
                         n.clamp(
@@ -75,16 +117,10 @@ impl Policy {
                             u64::from(limits::MAX_MAX_CONCURRENCY),
                         ) as u32
                     }
+                    _ => limits::MIN_MAX_CONCURRENCY,
                 };
                 if stage.is_source {
-                    // A feed task emits many partitions: one task per invocation keeps the
-                    // feeders busy in parallel from the first tick.
-                    return Levers {
-                        batch_size: 1,
-                        batching_window_secs: 0,
-                        max_concurrency: concurrency,
-                        reserved_concurrency: None,
-                    };
+                    return source_levers(concurrency);
                 }
                 let (batch_size, batching_window_secs) =
                     batch_for(obs.total_partitions.unwrap_or(0), concurrency);
@@ -99,6 +135,232 @@ impl Policy {
     }
 }
 
+/// A feed task emits many partitions: one task per invocation keeps the feeders busy in
+/// parallel from the first tick.
+fn source_levers(max_concurrency: u32) -> Levers {
+    Levers {
+        batch_size: 1,
+        batching_window_secs: 0,
+        max_concurrency,
+        reserved_concurrency: None,
+    }
+}
+
+/// What `backlog` assumes where it has not measured. Each is a starting point that the
+/// invocation records replace once a stage has run.
+pub mod assume {
+    /// Messages one invocation handles per billed second before any has run: 10 ms per
+    /// partition, the order of a word-count partition of 100 lines plus its SQS calls.
+    pub const THROUGHPUT: f64 = 100.0;
+    /// The fixed time of one invocation beyond its messages: two SQS round trips
+    /// (`cost::latency::SQS_MS`) for the send and the ESM's delete.
+    pub const INVOCATION_OVERHEAD_S: f64 = 0.02;
+    /// No stage is planned to drain faster than this: below it, more concurrency buys
+    /// nothing against the pipeline's own latency (ticks, batching windows, cold starts).
+    pub const MIN_HORIZON_S: f64 = 2.0;
+    /// Batches each concurrent slot should run: more rounds stream work downstream sooner
+    /// and shorten the tail; fewer, larger batches cost less.
+    pub const ROUNDS: u64 = 4;
+    /// The longest invocation planned, well inside the stage functions' timeout.
+    pub const MAX_INVOCATION_S: f64 = 60.0;
+    /// Work per slot at or below which the job is in its tail: batches of at most 10
+    /// without a batching window, so the last messages never wait for a batch to fill.
+    pub const TAIL_BATCH: u64 = crate::ports::limits::MAX_BATCH_SIZE_WITHOUT_WINDOW as u64;
+}
+
+/// The `backlog` policy.
+///
+/// - **Work.** A stage still has to handle every unfinished partition that is not already
+///   queued past it: `W = remaining − Σ backlog of later stages`.
+/// - **Time.** With a target, the horizon is what is left of it. Without one, it is twice
+///   the fastest possible drain (every stage at MaximumConcurrency 1,000), never under
+///   [`assume::MIN_HORIZON_S`]: the least cost within 2× the fastest time.
+/// - **Concurrency** is the least that drains `W` within the horizon at the stage's
+///   measured throughput: `ceil(W / (throughput × horizon))`, within 2–1,000. A stage
+///   with work is never below 2.
+/// - **Batch size.** Cost falls with fewer, longer invocations, so each slot's share of
+///   `W` is cut into [`assume::ROUNDS`] batches (up to 10,000, and no longer than
+///   [`assume::MAX_INVOCATION_S`]). A cost cap grows batches further until the modelled
+///   Lambda cost of the remaining work fits. In the tail (≤ 10 per slot) batches are at
+///   most 10 with no batching window; above 10, AWS requires a window, and 1 s is the
+///   least.
+pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
+    let Some(total) = obs.total_partitions else {
+        // Not planned yet: the least of everything until there is work to size.
+        return obs
+            .stages
+            .iter()
+            .map(|s| {
+                if s.is_source {
+                    source_levers(limits::MIN_MAX_CONCURRENCY)
+                } else {
+                    tail_levers(limits::MIN_MAX_CONCURRENCY, 0)
+                }
+            })
+            .collect();
+    };
+    let remaining = total.saturating_sub(obs.finished_partitions);
+    // Work ahead of each stage, from the end of the pipeline back.
+    let mut work = vec![0u64; obs.stages.len()];
+    let mut queued_later = 0u64;
+    for (i, stage) in obs.stages.iter().enumerate().rev() {
+        if stage.is_source {
+            continue;
+        }
+        work[i] = remaining.saturating_sub(queued_later);
+        queued_later = queued_later.saturating_add(stage.backlog());
+    }
+    let throughput = |s: &StageObservation| {
+        s.throughput
+            .filter(|t| *t > 0.0)
+            .unwrap_or(assume::THROUGHPUT)
+    };
+    let max = f64::from(limits::MAX_MAX_CONCURRENCY);
+    let horizon = match goal.target_s {
+        Some(target) => f64::from(target) - obs.elapsed_s,
+        None => {
+            let fastest = obs
+                .stages
+                .iter()
+                .zip(&work)
+                .filter(|(s, _)| !s.is_source)
+                .map(|(s, w)| *w as f64 / (max * throughput(s)))
+                .fold(0.0, f64::max);
+            2.0 * fastest
+        }
+    }
+    .max(assume::MIN_HORIZON_S);
+
+    let mut plans: Vec<StagePlan> = obs
+        .stages
+        .iter()
+        .zip(&work)
+        .map(|(s, w)| {
+            if s.is_source {
+                return StagePlan::Source(s.backlog());
+            }
+            let rate = throughput(s);
+            let concurrency = ((*w as f64 / (rate * horizon)).ceil() as u64).clamp(
+                u64::from(limits::MIN_MAX_CONCURRENCY),
+                u64::from(limits::MAX_MAX_CONCURRENCY),
+            );
+            let per_slot = w.div_ceil(concurrency);
+            let longest = ((rate * assume::MAX_INVOCATION_S) as u64).max(1);
+            let batch_cap = longest.min(u64::from(limits::MAX_BATCH_SIZE)).max(1);
+            let batch = per_slot.div_ceil(assume::ROUNDS).clamp(1, batch_cap);
+            StagePlan::Worker {
+                work: *w,
+                rate,
+                memory_gb: f64::from(s.memory_mb) / 1024.0,
+                concurrency: concurrency as u32,
+                per_slot,
+                batch,
+                batch_cap,
+            }
+        })
+        .collect();
+
+    if let Some(cap) = goal.max_cost_microusd {
+        let budget = cap as f64 / 1e6;
+        // Doubling every batch at most 14 times covers 1 → 10,000.
+        for _ in 0..14 {
+            let cost: f64 = plans.iter().map(StagePlan::lambda_usd).sum();
+            if cost <= budget {
+                break;
+            }
+            let mut grew = false;
+            for plan in &mut plans {
+                if let StagePlan::Worker {
+                    batch, batch_cap, ..
+                } = plan
+                {
+                    let next = (*batch * 2).min(*batch_cap);
+                    grew |= next != *batch;
+                    *batch = next;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+    }
+
+    plans
+        .into_iter()
+        .map(|plan| match plan {
+            StagePlan::Source(tasks) => source_levers(tasks.clamp(
+                u64::from(limits::MIN_MAX_CONCURRENCY),
+                u64::from(limits::MAX_MAX_CONCURRENCY),
+            ) as u32),
+            StagePlan::Worker {
+                concurrency,
+                per_slot,
+                batch,
+                ..
+            } => {
+                if per_slot <= assume::TAIL_BATCH {
+                    tail_levers(concurrency, per_slot)
+                } else {
+                    let batch = batch as u32;
+                    Levers {
+                        batch_size: batch,
+                        batching_window_secs: u32::from(
+                            batch > limits::MAX_BATCH_SIZE_WITHOUT_WINDOW,
+                        ),
+                        max_concurrency: concurrency,
+                        reserved_concurrency: None,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Levers for a stage whose slots have at most 10 messages each: batches of that size
+/// (at least 1), invoked as soon as they are there.
+fn tail_levers(max_concurrency: u32, per_slot: u64) -> Levers {
+    Levers {
+        batch_size: per_slot.clamp(1, assume::TAIL_BATCH) as u32,
+        batching_window_secs: 0,
+        max_concurrency,
+        reserved_concurrency: None,
+    }
+}
+
+enum StagePlan {
+    /// A source stage, with its feed tasks waiting.
+    Source(u64),
+    Worker {
+        work: u64,
+        rate: f64,
+        memory_gb: f64,
+        concurrency: u32,
+        per_slot: u64,
+        batch: u64,
+        batch_cap: u64,
+    },
+}
+
+impl StagePlan {
+    /// Modelled Lambda cost of the stage's remaining work at this batch size: requests,
+    /// and billed time of the messages plus each invocation's fixed overhead.
+    fn lambda_usd(&self) -> f64 {
+        let Self::Worker {
+            work,
+            rate,
+            memory_gb,
+            batch,
+            ..
+        } = self
+        else {
+            return 0.0;
+        };
+        let invocations = work.div_ceil((*batch).max(1)) as f64;
+        let seconds = *work as f64 / rate + invocations * assume::INVOCATION_OVERHEAD_S;
+        invocations * price::LAMBDA_REQUEST_USD + seconds * memory_gb * price::LAMBDA_GB_S_USD
+    }
+}
+
 /// Static batch sizing: the AWS default of 10 until each worker's share of the partitions is
 /// large, then about a quarter of that share (a few large invocations cost less than many
 /// small ones), capped at 1,000. AWS requires a batching window of at least 1 s above 10.
@@ -110,7 +372,7 @@ pub fn batch_for(partitions: u64, concurrency: u32) -> (u32, u32) {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown policy `{0}`; known: always-one, static-proportional:M (M a positive integer)")]
+#[error("unknown policy `{0}`; known: always-one, static-proportional:M (M a positive integer), backlog, backlog:target=SECONDS, backlog:max-cost=USD, backlog:target=SECONDS,max-cost=USD")]
 pub struct PolicyParseError(String);
 
 impl FromStr for Policy {
@@ -118,6 +380,10 @@ impl FromStr for Policy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             None if s == "always-one" => Ok(Self::AlwaysOne),
+            None if s == "backlog" => Ok(Self::Backlog(Goal::default())),
+            Some(("backlog", goal)) => parse_goal(goal)
+                .map(Self::Backlog)
+                .ok_or_else(|| PolicyParseError(s.to_owned())),
             Some(("static-proportional", m)) => m
                 .parse::<u32>()
                 .ok()
@@ -127,6 +393,27 @@ impl FromStr for Policy {
             _ => Err(PolicyParseError(s.to_owned())),
         }
     }
+}
+
+/// `target=SECONDS`, `max-cost=USD`, or both, comma-separated.
+fn parse_goal(s: &str) -> Option<Goal> {
+    let mut goal = Goal::default();
+    for part in s.split(',') {
+        match part.split_once('=')? {
+            ("target", v) if goal.target_s.is_none() => {
+                goal.target_s = Some(v.parse::<u32>().ok().filter(|t| *t > 0)?);
+            }
+            ("max-cost", v) if goal.max_cost_microusd.is_none() => {
+                let usd = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|c| c.is_finite() && *c > 0.0)?;
+                goal.max_cost_microusd = Some((usd * 1e6).round().max(1.0) as u64);
+            }
+            _ => return None,
+        }
+    }
+    Some(goal)
 }
 
 impl TryFrom<String> for Policy {
@@ -147,6 +434,20 @@ impl fmt::Display for Policy {
         match self {
             Self::AlwaysOne => f.write_str("always-one"),
             Self::StaticProportional(m) => write!(f, "static-proportional:{m}"),
+            Self::Backlog(goal) => {
+                f.write_str("backlog")?;
+                let mut parts = Vec::new();
+                if let Some(t) = goal.target_s {
+                    parts.push(format!("target={t}"));
+                }
+                if let Some(c) = goal.max_cost_microusd {
+                    parts.push(format!("max-cost={}", c as f64 / 1e6));
+                }
+                if !parts.is_empty() {
+                    write!(f, ":{}", parts.join(","))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -155,15 +456,22 @@ impl fmt::Display for Policy {
 mod tests {
     use super::*;
 
-    fn observation(job_size: u64, partitions: u64) -> Observation {
-        let stage = |name: &str, is_source| StageObservation {
+    fn stage(name: &str, is_source: bool) -> StageObservation {
+        StageObservation {
             name: name.into(),
             is_source,
             counts: QueueCounts::default(),
-        };
+            throughput: None,
+            memory_mb: 512,
+        }
+    }
+
+    fn observation(job_size: u64, partitions: u64) -> Observation {
         Observation {
             job_size,
             total_partitions: Some(partitions),
+            finished_partitions: 0,
+            elapsed_s: 0.0,
             stages: vec![
                 stage("feed", true),
                 stage("filter", false),
@@ -249,5 +557,313 @@ mod tests {
             Policy::StaticProportional(7).to_string(),
             "static-proportional:7"
         );
+    }
+
+    fn with(mut obs: Observation, f: impl FnOnce(&mut Observation)) -> Observation {
+        f(&mut obs);
+        obs
+    }
+
+    /// (concurrency, batch size, window) of one stage.
+    type Triple = (u32, u32, u32);
+
+    /// (concurrency, batch size, window) per stage.
+    fn levers(policy: &str, obs: &Observation) -> Vec<Triple> {
+        policy
+            .parse::<Policy>()
+            .unwrap()
+            .decide(obs)
+            .iter()
+            .map(|l| (l.max_concurrency, l.batch_size, l.batching_window_secs))
+            .collect()
+    }
+
+    #[test]
+    fn backlog_table() {
+        let unplanned = with(observation(2_000, 20), |o| o.total_partitions = None);
+        let million = observation(100_000_000, 1_000_000);
+        let cases: Vec<(&str, &str, Observation, Vec<Triple>)> = vec![
+            (
+                "before planning, the least of everything",
+                "backlog",
+                unplanned,
+                vec![(2, 1, 0), (2, 1, 0), (2, 1, 0), (2, 1, 0)],
+            ),
+            (
+                "the paper's 2,000 messages: 20 partitions are a tail from the start",
+                "backlog",
+                observation(2_000, 20),
+                vec![(2, 1, 0), (2, 10, 0), (2, 10, 0), (2, 10, 0)],
+            ),
+            (
+                // Fastest: 10^6 / (1,000 × 100/s) = 10 s; twice that is 20 s, so
+                // 10^6 / (100 × 20) = 500 slots of 2,000, in 4 rounds of 500.
+                "10^6 partitions, no target: half the fastest concurrency, big batches",
+                "backlog",
+                million.clone(),
+                vec![(2, 1, 0), (500, 500, 1), (500, 500, 1), (500, 500, 1)],
+            ),
+            (
+                "a 100 s target needs 100 slots of 10,000",
+                "backlog:target=100",
+                million.clone(),
+                vec![(2, 1, 0), (100, 2_500, 1), (100, 2_500, 1), (100, 2_500, 1)],
+            ),
+            (
+                "a missed target runs as fast as AWS allows",
+                "backlog:target=100",
+                with(million.clone(), |o| o.elapsed_s = 500.0),
+                vec![(2, 1, 0), (1_000, 250, 1), (1_000, 250, 1), (1_000, 250, 1)],
+            ),
+            (
+                // At 1,000 partitions/s per slot, 100 s is 10 slots of 100,000; a batch
+                // is capped at 10,000.
+                "measured throughput needs fewer slots",
+                "backlog:target=100",
+                with(million.clone(), |o| {
+                    for s in &mut o.stages[1..] {
+                        s.throughput = Some(1_000.0);
+                    }
+                }),
+                vec![(2, 1, 0), (10, 10_000, 1), (10, 10_000, 1), (10, 10_000, 1)],
+            ),
+            (
+                "work ahead of a stage excludes what is queued past it",
+                "backlog:target=2",
+                with(observation(100_000, 1_000), |o| {
+                    o.finished_partitions = 100;
+                    o.stages[1].counts.visible = 100;
+                    o.stages[2].counts.in_flight = 300;
+                    o.stages[3].counts.visible = 500;
+                }),
+                // Work: reduce 900, count 400, filter 100, at 200 per slot over 2 s.
+                vec![(2, 1, 0), (2, 13, 1), (2, 50, 1), (5, 45, 1)],
+            ),
+            (
+                "feed tasks run in parallel",
+                "backlog",
+                with(million.clone(), |o| o.stages[0].counts.visible = 256),
+                vec![(256, 1, 0), (500, 500, 1), (500, 500, 1), (500, 500, 1)],
+            ),
+            (
+                "the tail: batches of at most 10, invoked at once",
+                "backlog",
+                with(million.clone(), |o| o.finished_partitions = 1_000_000 - 15),
+                vec![(2, 1, 0), (2, 8, 0), (2, 8, 0), (2, 8, 0)],
+            ),
+        ];
+        for (why, policy, obs, expected) in cases {
+            assert_eq!(levers(policy, &obs), expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_cost_cap_grows_batches() {
+        // Slow stages under a tight target: 1,000 slots of small batches.
+        let obs = with(observation(100_000_000, 1_000_000), |o| {
+            for s in &mut o.stages[1..] {
+                s.throughput = Some(500.0);
+            }
+        });
+        let fast: Policy = "backlog:target=1".parse().unwrap();
+        let usd = |levers: &[Levers]| -> (f64, f64) {
+            let (mut fixed, mut per_message) = (0.0, 0.0);
+            for l in &levers[1..] {
+                let invocations = 1e6 / f64::from(l.batch_size);
+                fixed += invocations
+                    * (price::LAMBDA_REQUEST_USD
+                        + assume::INVOCATION_OVERHEAD_S * 0.5 * price::LAMBDA_GB_S_USD);
+                per_message += 1e6 / 500.0 * 0.5 * price::LAMBDA_GB_S_USD;
+            }
+            (fixed, per_message)
+        };
+        let free = fast.decide(&obs);
+        let (fixed, per_message) = usd(&free);
+        assert!(free.iter().skip(1).all(|l| l.max_concurrency == 1_000));
+        // A cap that only larger batches can meet.
+        let cap = per_message + fixed / 3.0;
+        let capped: Policy = format!("backlog:target=1,max-cost={cap}").parse().unwrap();
+        let capped = capped.decide(&obs);
+        let (fixed_capped, _) = usd(&capped);
+        assert!(per_message + fixed_capped <= cap * 1.000_001);
+        for (a, b) in free.iter().zip(&capped).skip(1) {
+            assert!(b.batch_size > a.batch_size, "{a:?} → {b:?}");
+            assert_eq!(a.max_concurrency, b.max_concurrency);
+        }
+    }
+
+    #[test]
+    fn goals_parse_and_display() {
+        for (text, goal) in [
+            ("backlog", Goal::default()),
+            (
+                "backlog:target=60",
+                Goal {
+                    target_s: Some(60),
+                    max_cost_microusd: None,
+                },
+            ),
+            (
+                "backlog:max-cost=0.05",
+                Goal {
+                    target_s: None,
+                    max_cost_microusd: Some(50_000),
+                },
+            ),
+            (
+                "backlog:target=60,max-cost=1.5",
+                Goal {
+                    target_s: Some(60),
+                    max_cost_microusd: Some(1_500_000),
+                },
+            ),
+        ] {
+            assert_eq!(text.parse(), Ok(Policy::Backlog(goal)), "{text}");
+            assert_eq!(Policy::Backlog(goal).to_string(), text);
+        }
+        for bad in [
+            "backlog:",
+            "backlog:target",
+            "backlog:target=0",
+            "backlog:target=-1",
+            "backlog:max-cost=0",
+            "backlog:max-cost=NaN",
+            "backlog:target=5,target=6",
+            "backlog:speed=9",
+        ] {
+            assert!(bad.parse::<Policy>().is_err(), "{bad}");
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn any_stage(is_source: bool) -> impl Strategy<Value = StageObservation> {
+            (
+                0u64..2_000_000,
+                0u64..200_000,
+                0u64..1_000,
+                prop::option::of(0.0f64..100_000.0),
+                prop::sample::select(vec![128u32, 512, 1769, 10_240]),
+            )
+                .prop_map(
+                    move |(visible, in_flight, delayed, throughput, memory_mb)| StageObservation {
+                        name: "s".into(),
+                        is_source,
+                        counts: QueueCounts {
+                            visible,
+                            in_flight,
+                            delayed,
+                        },
+                        throughput,
+                        memory_mb,
+                    },
+                )
+        }
+
+        fn any_observation() -> impl Strategy<Value = Observation> {
+            (
+                1u64..1_000_000_000,
+                prop::option::of(0u64..20_000_000),
+                0u64..20_000_000,
+                0.0f64..100_000.0,
+                any_stage(true),
+                prop::collection::vec(any_stage(false), 1..5),
+            )
+                .prop_map(|(job_size, total, finished, elapsed_s, source, rest)| {
+                    let mut stages = vec![source];
+                    stages.extend(rest);
+                    Observation {
+                        job_size,
+                        total_partitions: total,
+                        finished_partitions: finished,
+                        elapsed_s,
+                        stages,
+                    }
+                })
+        }
+
+        fn any_goal() -> impl Strategy<Value = Goal> {
+            (
+                prop::option::of(1u32..100_000),
+                prop::option::of(1u64..10_000_000_000),
+            )
+                .prop_map(|(target_s, max_cost_microusd)| Goal {
+                    target_s,
+                    max_cost_microusd,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn backlog_never_breaks_a_limit_nor_starves_a_stage(
+                obs in any_observation(),
+                goal in any_goal(),
+            ) {
+                let levers = backlog(&goal, &obs);
+                prop_assert_eq!(levers.len(), obs.stages.len());
+                for (l, s) in levers.iter().zip(&obs.stages) {
+                    prop_assert!(l.mapping_config().validate().is_ok(), "{:?}", l);
+                    prop_assert!(l.max_concurrency >= limits::MIN_MAX_CONCURRENCY);
+                    prop_assert!(l.max_concurrency <= limits::MAX_MAX_CONCURRENCY);
+                    prop_assert!(l.batch_size >= 1 && l.batch_size <= limits::MAX_BATCH_SIZE);
+                    // A window only where AWS requires one, and then the least (1 s):
+                    // a stage with a backlog is always invoked within a second.
+                    prop_assert_eq!(
+                        l.batching_window_secs,
+                        u32::from(l.batch_size > limits::MAX_BATCH_SIZE_WITHOUT_WINDOW)
+                    );
+                    if s.is_source {
+                        prop_assert_eq!(l.batch_size, 1);
+                    }
+                }
+            }
+
+            #[test]
+            fn more_work_never_gets_less_concurrency(
+                obs in any_observation(),
+                goal in any_goal(),
+                extra in 1u64..1_000_000,
+            ) {
+                prop_assume!(obs.total_partitions.is_some());
+                let more = with(obs.clone(), |o| {
+                    o.total_partitions = o.total_partitions.map(|t| t + extra);
+                });
+                let (a, b) = (backlog(&goal, &obs), backlog(&goal, &more));
+                // The horizon may grow with the work (no target), but never faster than
+                // the work does: the slowest stage's need never falls.
+                let need = |l: &[Levers]| l.iter().skip(1).map(|l| l.max_concurrency).max();
+                if goal.target_s.is_some() {
+                    prop_assert!(need(&b) >= need(&a));
+                }
+            }
+
+            #[test]
+            fn a_target_is_met_when_aws_allows(
+                obs in any_observation(),
+                target in 1u32..10_000,
+            ) {
+                let goal = Goal { target_s: Some(target), max_cost_microusd: None };
+                let Some(total) = obs.total_partitions else { return Ok(()) };
+                let remaining = total.saturating_sub(obs.finished_partitions);
+                let horizon = (f64::from(target) - obs.elapsed_s).max(assume::MIN_HORIZON_S);
+                let levers = backlog(&goal, &obs);
+                let mut queued_later = 0u64;
+                for (l, s) in levers.iter().zip(&obs.stages).skip(1).rev() {
+                    let work = remaining.saturating_sub(queued_later);
+                    queued_later += s.backlog();
+                    let rate = s.throughput.filter(|t| *t > 0.0).unwrap_or(assume::THROUGHPUT);
+                    let capacity = f64::from(l.max_concurrency) * rate * horizon;
+                    prop_assert!(
+                        capacity >= work as f64 * 0.999_999
+                            || l.max_concurrency == limits::MAX_MAX_CONCURRENCY,
+                        "{} slots at {}/s over {} s cannot do {}",
+                        l.max_concurrency, rate, horizon, work
+                    );
+                }
+            }
+        }
     }
 }

@@ -371,6 +371,15 @@ pub struct StageStats {
     pub billed_ms: u64,
 }
 
+impl StageStats {
+    /// Messages one invocation handles per second of billed time: what the `backlog`
+    /// policy calls a stage's throughput.
+    pub fn throughput(&self) -> Option<f64> {
+        (self.billed_ms > 0 && self.messages > 0)
+            .then(|| self.messages as f64 * 1000.0 / self.billed_ms as f64)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("telemetry: {0}")]
 pub struct TelemetryError(pub String);

@@ -1,16 +1,38 @@
-//! Reserved concurrency across jobs. A stage function's reserved concurrency is global to
-//! the account, but each job needs its own share: every job attempt records its need per
-//! function in the store (`reserve#{function}` / `{job}#{attempt}`), and whoever changes a
-//! need sets the function's reserved concurrency to the sum of all needs, capped by the
-//! deployment's budget. The job's share of that (at least the ESM minimum of 2) is what its
-//! mappings' `MaximumConcurrency` may use, so a mapping never runs above its function's
-//! concurrency (throttled receives would burn receive counts and push messages to the DLQ).
+//! Reserved concurrency across jobs, under one budget.
 //!
-//! Concurrent daemons may interleave their writes of the function's setting; every tick
-//! reconciles again from the stored needs, so the setting converges within a tick interval.
+//! A stage function's reserved concurrency is global to the account, but jobs come and go:
+//! each job attempt holds a **grant** per stage function, and a function's reserved
+//! concurrency is the sum of its grants. Two items in the store keep this honest:
+//!
+//! - `reserve` / `state`: the sum of grants per function, and a ticket line
+//!   (`next_ticket`, `serving`) that admits jobs first come, first served;
+//! - `reserve` / `grant#{job}#{attempt}`: one attempt's ticket, need and grants.
+//!
+//! Every change writes the attempt's grant item and the state item in one transaction,
+//! conditional on the versions read, so concurrent daemons never overwrite each other and
+//! the grants never add up to more than the budget. The rules:
+//!
+//! - **Admission.** A new attempt takes a ticket. It is admitted when its ticket is served
+//!   and the budget has room for the least grant (2, the ESM minimum, per function it
+//!   needs); until then its mappings stay disabled. Tickets are served in order, so no job
+//!   starves: running jobs finish and give their grants back.
+//! - **Growth.** An admitted job grows towards its need only while no one is waiting, so a
+//!   large job never keeps a later one out for longer than its own tail.
+//! - **Shrinking** is the job's own: it lowers its mappings first, then its grants
+//!   ([`release_to`]), so a mapping never runs above its function's reservation (throttled
+//!   receives would burn receive counts and push messages to the DLQ).
+//! - **Applying.** A function's setting is written from the state item, then the state is
+//!   read again; if it moved meanwhile the newer sum is written. Whoever changed the state
+//!   last also writes last, so the settings converge to the state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::flow::Function;
-use crate::ports::{limits, Attributes, Condition, Key, MappingError, StoreError};
+use crate::policy::Levers;
+use crate::ports::{limits, Attributes, Condition, Key, MappingError, StoreError, TxOp};
 use crate::services::Services;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,44 +41,444 @@ pub enum ReserveError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error("reservation record is malformed: {0}")]
+    Malformed(String),
 }
 
-pub fn needs_pk(function: &str) -> String {
-    format!("reserve#{function}")
+pub const PK: &str = "reserve";
+const STATE_SK: &str = "state";
+const GRANT_PREFIX: &str = "grant#";
+const TICKET_PREFIX: &str = "ticket#";
+/// Optimistic retries of one reservation step before it gives up until the next tick.
+const RETRIES: usize = 8;
+
+/// Concurrency per function name.
+pub type PerFunction = BTreeMap<String, u32>;
+
+/// The budget's ledger: grants summed per function, and the admission line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub granted: PerFunction,
+    pub next_ticket: u64,
+    pub serving: u64,
 }
 
-pub fn need_key(function: &str, job: &str, attempt: u32) -> Key {
-    Key::new(needs_pk(function), format!("{job}#{attempt}"))
+impl State {
+    pub fn total(&self) -> u64 {
+        self.granted.values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// Whether anyone holds a ticket that is not yet served.
+    pub fn waiting(&self) -> bool {
+        self.serving < self.next_ticket
+    }
 }
 
-/// The most reserved concurrency one stage function may get, when the deployment has a
-/// reservation budget: the budget split evenly over the stage functions.
-pub fn cap(svc: &Services) -> Option<u32> {
-    let budget = svc.settings.concurrency_budget?;
-    Some((budget / Function::STAGE_FUNCTIONS.len() as u32).max(limits::MIN_MAX_CONCURRENCY))
+/// One job attempt's place in the budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub ticket: u64,
+    pub need: PerFunction,
+    /// Empty until admitted.
+    pub granted: PerFunction,
 }
 
-/// Needs read per store query.
-const PAGE: usize = 500;
+impl Grant {
+    pub fn admitted(&self) -> bool {
+        !self.granted.is_empty()
+    }
+}
 
-/// Every recorded need of `function`: (job, attempt, need).
-pub async fn needs(
+fn state_key() -> Key {
+    Key::new(PK, STATE_SK)
+}
+
+pub fn grant_key(job: &str, attempt: u32) -> Key {
+    Key::new(PK, format!("{GRANT_PREFIX}{job}#{attempt}"))
+}
+
+fn ticket_key(ticket: u64) -> Key {
+    Key::new(PK, format!("{TICKET_PREFIX}{ticket:020}"))
+}
+
+fn to_attrs<T: Serialize>(value: &T) -> Result<Attributes, ReserveError> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ReserveError::Malformed(other.to_string())),
+        Err(e) => Err(ReserveError::Malformed(e.to_string())),
+    }
+}
+
+fn from_attrs<T: for<'de> Deserialize<'de>>(attrs: Attributes) -> Result<T, ReserveError> {
+    serde_json::from_value(Value::Object(attrs)).map_err(|e| ReserveError::Malformed(e.to_string()))
+}
+
+/// The state item and its version (0: not yet written).
+pub async fn state(svc: &Services) -> Result<(State, u64), ReserveError> {
+    match svc.store.get(&state_key()).await? {
+        Some(item) => Ok((from_attrs(item.attrs)?, item.version)),
+        None => Ok((State::default(), 0)),
+    }
+}
+
+async fn grant(
     svc: &Services,
-    function: &str,
-) -> Result<Vec<(String, u32, u32)>, ReserveError> {
+    job: &str,
+    attempt: u32,
+) -> Result<Option<(Grant, u64)>, ReserveError> {
+    match svc.store.get(&grant_key(job, attempt)).await? {
+        Some(item) => Ok(Some((from_attrs(item.attrs)?, item.version))),
+        None => Ok(None),
+    }
+}
+
+fn condition(version: u64) -> Condition {
+    if version == 0 {
+        Condition::NotExists
+    } else {
+        Condition::VersionIs(version)
+    }
+}
+
+/// Writes the state and (optionally) one grant item in one transaction, conditional on the
+/// versions read. `Ok(false)`: someone else wrote first; read again.
+async fn commit(
+    svc: &Services,
+    state: (&State, u64),
+    grant: Option<(&Key, Option<&Grant>, u64)>,
+    extra: Vec<TxOp>,
+) -> Result<bool, ReserveError> {
+    let mut ops = vec![TxOp::Put {
+        key: state_key(),
+        attrs: to_attrs(state.0)?,
+        condition: condition(state.1),
+    }];
+    if let Some((key, value, version)) = grant {
+        ops.push(match value {
+            Some(g) => TxOp::Put {
+                key: key.clone(),
+                attrs: to_attrs(g)?,
+                condition: condition(version),
+            },
+            None => TxOp::Delete {
+                key: key.clone(),
+                condition: condition(version),
+            },
+        });
+    }
+    ops.extend(extra);
+    match svc.store.transact(ops).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::TransactionCanceled { .. } | StoreError::ConditionFailed(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records this attempt's `need` and takes what the rules allow: a ticket if it has none,
+/// admission when its ticket is served and the least grant fits, growth towards the need
+/// while no one waits. Never lowers a grant (see [`release_to`]). Returns the grants now
+/// held (empty: waiting), and whether they changed.
+pub async fn acquire(
+    svc: &Services,
+    job: &str,
+    attempt: u32,
+    need: &PerFunction,
+    budget: u32,
+) -> Result<(PerFunction, bool), ReserveError> {
+    let key = grant_key(job, attempt);
+    for _ in 0..RETRIES {
+        let (mut st, st_version) = state(svc).await?;
+        let Some((mut own, own_version)) = grant(svc, job, attempt).await? else {
+            let own = Grant {
+                ticket: st.next_ticket,
+                need: need.clone(),
+                granted: PerFunction::new(),
+            };
+            st.next_ticket += 1;
+            commit(
+                svc,
+                (&st, st_version),
+                Some((&key, Some(&own), 0)),
+                Vec::new(),
+            )
+            .await?;
+            continue;
+        };
+        let before = own.granted.clone();
+        own.need = need.clone();
+        if !own.admitted() {
+            if own.ticket > st.serving {
+                // Tickets before ours whose jobs ended while waiting are skipped.
+                let skipped = ticket_key(st.serving);
+                if svc.store.get(&skipped).await?.is_some() {
+                    st.serving += 1;
+                    let delete = TxOp::Delete {
+                        key: skipped,
+                        condition: Condition::Exists,
+                    };
+                    commit(svc, (&st, st_version), None, vec![delete]).await?;
+                    continue;
+                }
+                return Ok((before, false));
+            }
+            // The least an admitted job holds of each function: the ESM minimum.
+            let least: PerFunction = need
+                .keys()
+                .map(|f| (f.clone(), limits::MIN_MAX_CONCURRENCY))
+                .collect();
+            let least_total: u64 = least.values().map(|n| u64::from(*n)).sum();
+            if st.total() + least_total > u64::from(budget) {
+                return Ok((before, false));
+            }
+            for (f, n) in &least {
+                *st.granted.entry(f.clone()).or_default() += n;
+            }
+            own.granted = least;
+            st.serving = st.serving.max(own.ticket + 1);
+        }
+        if !st.waiting() {
+            let mut room = u64::from(budget).saturating_sub(st.total());
+            for (f, n) in need {
+                let held = own.granted.entry(f.clone()).or_default();
+                let more = u64::from(n.saturating_sub(*held)).min(room) as u32;
+                *held += more;
+                *st.granted.entry(f.clone()).or_default() += more;
+                room -= u64::from(more);
+            }
+        }
+        if own.granted == before && own_version != 0 {
+            return Ok((before, false));
+        }
+        if commit(
+            svc,
+            (&st, st_version),
+            Some((&key, Some(&own), own_version)),
+            Vec::new(),
+        )
+        .await?
+        {
+            return Ok((own.granted, true));
+        }
+    }
+    // Contended: keep what is held until the next tick.
+    Ok((
+        grant(svc, job, attempt)
+            .await?
+            .map(|(g, _)| g.granted)
+            .unwrap_or_default(),
+        false,
+    ))
+}
+
+/// Lowers this attempt's grants to `keep` where they are above it (call after lowering its
+/// mappings). Returns whether anything was released.
+pub async fn release_to(
+    svc: &Services,
+    job: &str,
+    attempt: u32,
+    keep: &PerFunction,
+) -> Result<bool, ReserveError> {
+    let key = grant_key(job, attempt);
+    for _ in 0..RETRIES {
+        let (mut st, st_version) = state(svc).await?;
+        let Some((mut own, own_version)) = grant(svc, job, attempt).await? else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for (f, held) in own.granted.iter_mut() {
+            let target = keep.get(f).copied().unwrap_or(0).min(*held);
+            if target < *held {
+                let sum = st.granted.entry(f.clone()).or_default();
+                *sum = sum.saturating_sub(*held - target);
+                *held = target;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        own.granted.retain(|_, n| *n > 0);
+        st.granted.retain(|_, n| *n > 0);
+        if own.granted.is_empty() {
+            // Gave everything back: no longer admitted, and not in the line either.
+            if commit(
+                svc,
+                (&st, st_version),
+                Some((&key, None, own_version)),
+                Vec::new(),
+            )
+            .await?
+            {
+                return Ok(true);
+            }
+            continue;
+        }
+        if commit(
+            svc,
+            (&st, st_version),
+            Some((&key, Some(&own), own_version)),
+            Vec::new(),
+        )
+        .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Gives back everything this attempt holds, and its place in the line (teardown, or the
+/// sweeper for a dead daemon). A ticket not yet served is marked skipped, so the line
+/// moves past it.
+pub async fn release(svc: &Services, job: &str, attempt: u32) -> Result<bool, ReserveError> {
+    let key = grant_key(job, attempt);
+    for _ in 0..RETRIES {
+        let (mut st, st_version) = state(svc).await?;
+        let Some((own, own_version)) = grant(svc, job, attempt).await? else {
+            return Ok(false);
+        };
+        for (f, held) in &own.granted {
+            let sum = st.granted.entry(f.clone()).or_default();
+            *sum = sum.saturating_sub(*held);
+        }
+        st.granted.retain(|_, n| *n > 0);
+        let mut extra = Vec::new();
+        if !own.admitted() {
+            if own.ticket == st.serving {
+                st.serving += 1;
+            } else if own.ticket > st.serving {
+                extra.push(TxOp::Put {
+                    key: ticket_key(own.ticket),
+                    attrs: Attributes::new(),
+                    condition: Condition::Always,
+                });
+            }
+        }
+        if commit(
+            svc,
+            (&st, st_version),
+            Some((&key, None, own_version)),
+            extra,
+        )
+        .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Concurrency per stage function that these levers ask for (a disabled stage: none).
+/// `functions[i]` is the function of stage `i`.
+pub fn per_function(functions: &[Function], levers: &[Levers]) -> PerFunction {
+    let mut out = PerFunction::new();
+    for (function, l) in functions.iter().zip(levers) {
+        if l.mapping_config().enabled {
+            *out.entry(function.as_str().to_owned()).or_default() += l.max_concurrency;
+        }
+    }
+    out
+}
+
+/// Fits each stage's MaximumConcurrency into its job's grant of the stage's function (in
+/// proportion to what the stages asked, never below the ESM minimum of 2); a stage whose
+/// function is not granted (the job waits for admission) is disabled.
+pub fn fit(functions: &[Function], levers: &mut [Levers], granted: &PerFunction) {
+    let need = per_function(functions, levers);
+    for (function, l) in functions.iter().zip(levers.iter_mut()) {
+        let function = function.as_str();
+        let grant = granted.get(function).copied().unwrap_or(0);
+        if grant == 0 {
+            l.reserved_concurrency = Some(0);
+            continue;
+        }
+        let asked = need.get(function).copied().unwrap_or(0).max(1);
+        let part = (u64::from(grant) * u64::from(l.max_concurrency) / u64::from(asked)) as u32;
+        l.max_concurrency = part.clamp(
+            limits::MIN_MAX_CONCURRENCY,
+            l.max_concurrency.max(limits::MIN_MAX_CONCURRENCY),
+        );
+        l.reserved_concurrency = Some(l.max_concurrency);
+    }
+}
+
+/// One daemon step's reservation, before its mappings change: takes the grants the policy's
+/// levers ask for, raises the functions' settings if they grew, and fits the levers into
+/// the grants.
+pub async fn steer(
+    svc: &Services,
+    job: &str,
+    attempt: u32,
+    functions: &[Function],
+    levers: &mut [Levers],
+    budget: u32,
+) -> Result<(), ReserveError> {
+    let need = per_function(functions, levers);
+    let (granted, changed) = acquire(svc, job, attempt, &need, budget).await?;
+    if changed {
+        apply(svc, &distinct(functions)).await?;
+    }
+    fit(functions, levers, &granted);
+    Ok(())
+}
+
+/// After the mappings changed: gives back grants above what the applied levers use, and
+/// lowers the functions' settings to match.
+pub async fn settle(
+    svc: &Services,
+    job: &str,
+    attempt: u32,
+    functions: &[Function],
+    levers: &[Levers],
+) -> Result<(), ReserveError> {
+    if release_to(svc, job, attempt, &per_function(functions, levers)).await? {
+        apply(svc, &distinct(functions)).await?;
+    }
+    Ok(())
+}
+
+/// The levers that keep both `a` and `b` within their grant: a grant may drop only to what
+/// the levers in force still use, so it is given back one tick after a mapping shrinks
+/// (AWS applies mapping updates asynchronously).
+pub fn wider(a: &Levers, b: &Levers) -> Levers {
+    let enabled = |l: &Levers| l.mapping_config().enabled;
+    match (enabled(a), enabled(b)) {
+        (true, true) => Levers {
+            max_concurrency: a.max_concurrency.max(b.max_concurrency),
+            ..*b
+        },
+        (true, false) => *a,
+        _ => *b,
+    }
+}
+
+/// Each function once, in first-seen order.
+pub fn distinct(functions: &[Function]) -> Vec<Function> {
+    let mut out: Vec<Function> = Vec::new();
+    for f in functions {
+        if !out.contains(f) {
+            out.push(*f);
+        }
+    }
+    out
+}
+
+/// Every attempt with a grant item: (job, attempt).
+pub async fn holders(svc: &Services) -> Result<Vec<(String, u32)>, ReserveError> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = svc
             .store
-            .query(&needs_pk(function), "", after.as_deref(), PAGE)
+            .query(PK, GRANT_PREFIX, after.as_deref(), 500)
             .await?;
         for item in &page.items {
-            let Some((job, attempt)) = item.key.sk.rsplit_once('#') else {
-                continue;
-            };
-            let need = item.attrs.get("need").and_then(|n| n.as_u64()).unwrap_or(0);
-            out.push((job.to_owned(), attempt.parse().unwrap_or(0), need as u32));
+            let rest = &item.key.sk[GRANT_PREFIX.len()..];
+            if let Some((job, attempt)) = rest.rsplit_once('#') {
+                if let Ok(attempt) = attempt.parse() {
+                    out.push((job.to_owned(), attempt));
+                }
+            }
         }
         match page.next {
             Some(next) => after = Some(next),
@@ -65,80 +487,183 @@ pub async fn needs(
     }
 }
 
-/// Records this job attempt's `need` of `function` (0 removes it), sets the function's
-/// reserved concurrency to the sum of all needs capped at `cap` (removing it when nothing
-/// is needed), and returns this job's share.
-pub async fn reconcile(
-    svc: &Services,
-    function: &str,
-    job: &str,
-    attempt: u32,
-    need: u32,
-    cap: u32,
-) -> Result<u32, ReserveError> {
-    let key = need_key(function, job, attempt);
-    if need == 0 {
-        svc.store.delete(&key, Condition::Always).await?;
-    } else {
-        let mut attrs = Attributes::new();
-        attrs.insert("need".into(), need.into());
-        svc.store.put(&key, attrs, Condition::Always).await?;
-    }
-    let total = apply(svc, function, cap).await?;
-    Ok(share(need, total, cap))
-}
-
-/// Sets `function`'s reserved concurrency from its recorded needs; returns their sum.
-pub async fn apply(svc: &Services, function: &str, cap: u32) -> Result<u64, ReserveError> {
-    let total: u64 = needs(svc, function)
-        .await?
-        .iter()
-        .map(|(_, _, n)| u64::from(*n))
-        .sum();
-    let current = svc.mappings.get_reserved_concurrency(function).await?;
-    if total == 0 {
-        if current.is_some() {
-            svc.mappings.delete_reserved_concurrency(function).await?;
+/// Sets each function's reserved concurrency to its sum of grants, then reads the state
+/// again and repeats if it moved meanwhile (bounded: a later writer also applies).
+pub async fn apply(svc: &Services, functions: &[Function]) -> Result<(), ReserveError> {
+    let mut seen = None;
+    for _ in 0..RETRIES {
+        let (st, version) = state(svc).await?;
+        if seen == Some(version) {
+            return Ok(());
         }
-    } else {
-        let target = total.min(u64::from(cap)) as u32;
-        if current != Some(target) {
-            svc.mappings
-                .put_reserved_concurrency(function, target)
-                .await?;
+        for f in functions {
+            let want = st.granted.get(f.as_str()).copied().unwrap_or(0);
+            let current = svc.mappings.get_reserved_concurrency(f.as_str()).await?;
+            match (want, current) {
+                (0, None) => {}
+                (0, Some(_)) => svc.mappings.delete_reserved_concurrency(f.as_str()).await?,
+                (n, current) if current != Some(n) => {
+                    svc.mappings.put_reserved_concurrency(f.as_str(), n).await?
+                }
+                _ => {}
+            }
         }
+        seen = Some(version);
     }
-    Ok(total)
-}
-
-/// A job's share of a function's reserved concurrency: its need when all needs fit under
-/// the cap, else its proportional part of the cap; never below the ESM minimum of 2.
-pub fn share(need: u32, total: u64, cap: u32) -> u32 {
-    if need == 0 {
-        return 0;
-    }
-    let reserved = total.min(u64::from(cap));
-    let part = if total <= reserved {
-        u64::from(need)
-    } else {
-        reserved * u64::from(need) / total.max(1)
-    };
-    (part as u32).clamp(
-        limits::MIN_MAX_CONCURRENCY,
-        need.max(limits::MIN_MAX_CONCURRENCY),
-    )
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    #[test]
-    fn shares_fit_the_cap() {
-        assert_eq!(share(0, 10, 100), 0);
-        assert_eq!(share(10, 30, 100), 10, "everything fits");
-        assert_eq!(share(100, 400, 200), 50, "a quarter of the cap");
-        assert_eq!(share(1, 1_000, 10), 2, "never below the ESM minimum");
-        assert_eq!(share(2, 2, 225), 2);
+    use super::*;
+    use crate::faults::Faults;
+    use crate::flow::Registry;
+    use crate::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
+    use crate::ports::SystemClock;
+    use crate::services::Settings;
+
+    fn services(dir: &std::path::Path) -> Services {
+        Services {
+            store: Arc::new(SqliteJobStore::open(&dir.join("s.db")).unwrap()),
+            queues: Arc::new(SqliteQueues::open(&dir.join("q.db")).unwrap()),
+            blobs: Arc::new(FileBlobs::open(dir.join("blobs")).unwrap()),
+            mappings: Arc::new(SqliteMappings::open(&dir.join("m.db")).unwrap()),
+            telemetry: Arc::new(crate::status::NoTelemetry),
+            clock: Arc::new(SystemClock),
+            registry: Registry::default(),
+            settings: Settings {
+                tick_interval: Duration::from_millis(100),
+                ..Settings::default()
+            },
+            faults: Faults::default(),
+        }
+    }
+
+    fn need(pairs: &[(&str, u32)]) -> PerFunction {
+        pairs.iter().map(|(f, n)| ((*f).to_owned(), *n)).collect()
+    }
+
+    #[tokio::test]
+    async fn first_come_first_served_under_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path());
+        let big = need(&[("count", 8), ("reduce", 8)]);
+        // Alone: admitted, and grows to its whole need.
+        let (a, changed) = acquire(&svc, "a", 1, &big, 20).await.unwrap();
+        assert!(changed);
+        assert_eq!(a, big);
+        // b is next in line: the least grant (2 + 2) fits in the 4 left.
+        let (b, _) = acquire(&svc, "b", 1, &big, 20).await.unwrap();
+        assert_eq!(b, need(&[("count", 2), ("reduce", 2)]));
+        // c waits: nothing left.
+        let (c, _) = acquire(&svc, "c", 1, &big, 20).await.unwrap();
+        assert!(c.is_empty());
+        // d queues behind c, even though it needs less.
+        let (d, _) = acquire(&svc, "d", 1, &need(&[("count", 2)]), 20)
+            .await
+            .unwrap();
+        assert!(d.is_empty());
+        // b cannot grow while c and d wait, though a gives some back.
+        release_to(&svc, "a", 1, &need(&[("count", 4), ("reduce", 4)]))
+            .await
+            .unwrap();
+        let (b, changed) = acquire(&svc, "b", 1, &big, 20).await.unwrap();
+        assert!(!changed);
+        assert_eq!(b, need(&[("count", 2), ("reduce", 2)]));
+        // d must wait for c, c is admitted now.
+        let (d, _) = acquire(&svc, "d", 1, &need(&[("count", 2)]), 20)
+            .await
+            .unwrap();
+        assert!(d.is_empty());
+        let (c, _) = acquire(&svc, "c", 1, &big, 20).await.unwrap();
+        assert_eq!(c, need(&[("count", 2), ("reduce", 2)]));
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!(st.total(), 16);
+        assert!(st.total() <= 20);
+        // d fits in the last 4... of which it needs 2; nobody waits after it, so it grows.
+        let (d, _) = acquire(&svc, "d", 1, &need(&[("count", 2)]), 20)
+            .await
+            .unwrap();
+        assert_eq!(d, need(&[("count", 2)]));
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!(st.granted, need(&[("count", 10), ("reduce", 8)]));
+        assert!(!st.waiting());
+    }
+
+    #[tokio::test]
+    async fn a_job_that_ends_while_waiting_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path());
+        let n = need(&[("count", 4)]);
+        acquire(&svc, "a", 1, &n, 4).await.unwrap();
+        assert!(acquire(&svc, "b", 1, &n, 4).await.unwrap().0.is_empty());
+        assert!(acquire(&svc, "c", 1, &n, 4).await.unwrap().0.is_empty());
+        // b's job is cancelled while it waits; a finishes.
+        assert!(release(&svc, "b", 1).await.unwrap());
+        assert!(release(&svc, "a", 1).await.unwrap());
+        // c is served: b's ticket is skipped.
+        assert_eq!(acquire(&svc, "c", 1, &n, 4).await.unwrap().0, n);
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!(st.serving, st.next_ticket);
+        assert_eq!(st.total(), 4);
+        assert_eq!(holders(&svc).await.unwrap(), vec![("c".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn racing_daemons_never_exceed_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Arc::new(services(dir.path()));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                let n = need(&[("count", 6), ("reduce", 3)]);
+                let mut held = PerFunction::new();
+                for _ in 0..20 {
+                    held = acquire(&svc, &format!("job{i}"), 1, &n, 40)
+                        .await
+                        .unwrap()
+                        .0;
+                    if !held.is_empty() {
+                        break;
+                    }
+                }
+                held
+            }));
+        }
+        let mut sum = 0u64;
+        for t in tasks {
+            sum += t
+                .await
+                .unwrap()
+                .values()
+                .map(|n| u64::from(*n))
+                .sum::<u64>();
+        }
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!(st.total(), sum, "the state sums the grants");
+        assert!(sum <= 40, "{sum} granted of 40");
+        assert!(sum >= 36, "the budget is used: {sum}");
+    }
+
+    #[tokio::test]
+    async fn settings_follow_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path());
+        acquire(&svc, "a", 1, &need(&[("count", 30), ("reduce", 5)]), 100)
+            .await
+            .unwrap();
+        let functions = [Function::Count, Function::Reduce, Function::Filter];
+        apply(&svc, &functions).await.unwrap();
+        let m = &svc.mappings;
+        assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), Some(30));
+        assert_eq!(m.get_reserved_concurrency("reduce").await.unwrap(), Some(5));
+        assert_eq!(m.get_reserved_concurrency("filter").await.unwrap(), None);
+        release(&svc, "a", 1).await.unwrap();
+        apply(&svc, &functions).await.unwrap();
+        assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), None);
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::faults::Faults;
 use crate::flow::Registry;
 use crate::job::JobId;
-use crate::ports::{Blobs, Clock, JobStore, Mappings, OutgoingMessage, QueueError, Queues};
+use crate::ports::{
+    Blobs, Clock, JobStore, Mappings, OutgoingMessage, QueueError, Queues, Telemetry,
+};
 
 /// Deployment settings. The defaults are the embedded engine's; the AWS deployment sets
 /// them from its environment.
@@ -72,6 +74,8 @@ pub struct Services {
     pub queues: Arc<dyn Queues>,
     pub blobs: Arc<dyn Blobs>,
     pub mappings: Arc<dyn Mappings>,
+    /// Invocation statistics for the policy (CloudWatch's Lambda metrics on AWS).
+    pub telemetry: Arc<dyn Telemetry>,
     pub clock: Arc<dyn Clock>,
     pub registry: Registry,
     pub settings: Settings,

@@ -88,15 +88,12 @@ impl Sweeper {
         let prefix = format!("{}-", svc.settings.prefix);
         let queues = svc.queues.list_queues(&prefix).await?;
         let mappings = svc.mappings.list_mappings(None).await?;
-        let cap = reserve::cap(svc);
-        let mut needs = Vec::new();
-        if cap.is_some() {
-            for function in Function::STAGE_FUNCTIONS {
-                for (job, attempt, _) in reserve::needs(svc, function.as_str()).await? {
-                    needs.push((function, job, attempt));
-                }
-            }
-        }
+        let budgeted = svc.settings.concurrency_budget.is_some();
+        let holders = if budgeted {
+            reserve::holders(svc).await?
+        } else {
+            Vec::new()
+        };
 
         let now = svc.clock.now_ms();
         let mut jobs: HashMap<String, JobRecord> = HashMap::new();
@@ -164,19 +161,18 @@ impl Sweeper {
                 report.deleted_mappings.push(m.id);
             }
         }
-        // Reserved-concurrency needs of attempts that are over (their daemon died before
+        // Reserved-concurrency grants of attempts that are over (their daemon died before
         // releasing them), then the functions' settings from what is left.
-        if let Some(cap) = cap {
-            for (function, job, attempt) in needs {
+        if budgeted {
+            for (job, attempt) in holders {
                 let short = job.get(..32).unwrap_or(&job);
-                if attempt_is_over(jobs.get(short), attempt) {
-                    reserve::reconcile(svc, function.as_str(), &job, attempt, 0, cap).await?;
+                if attempt_is_over(jobs.get(short), attempt)
+                    && reserve::release(svc, &job, attempt).await?
+                {
                     report.released_needs += 1;
                 }
             }
-            for function in Function::STAGE_FUNCTIONS {
-                reserve::apply(svc, function.as_str(), cap).await?;
-            }
+            reserve::apply(svc, &Function::STAGE_FUNCTIONS).await?;
         }
         Ok(report)
     }

@@ -137,7 +137,7 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn series(label: impl Into<String>, points: Vec<(f64, f64)>, style: Style) -> Series {
+pub(super) fn series(label: impl Into<String>, points: Vec<(f64, f64)>, style: Style) -> Series {
     Series {
         label: label.into(),
         points,

@@ -3,6 +3,7 @@
 //! directory and prints a summary table (or, with `--json`, one JSON object).
 
 mod experiments;
+pub mod simulate;
 mod text;
 
 use std::path::{Path, PathBuf};

@@ -414,7 +414,11 @@ async fn the_sweeper_cleans_up_after_dead_daemons() {
         .create_mapping(&leaked, "count", config, tags)
         .await
         .unwrap();
-    orchestration::reserve::reconcile(&engine.services, "count", id.as_str(), rec.attempt, 7, 225)
+    let need = [("count".to_owned(), 7)].into_iter().collect();
+    orchestration::reserve::acquire(&engine.services, id.as_str(), rec.attempt, &need, 900)
+        .await
+        .unwrap();
+    orchestration::reserve::apply(&engine.services, &[orchestration::flow::Function::Count])
         .await
         .unwrap();
     assert_eq!(

@@ -7,6 +7,7 @@ mod cli;
 mod contract;
 mod engine;
 mod moto;
+mod simulate;
 mod support;
 mod template;
 mod tweets;

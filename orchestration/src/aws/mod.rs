@@ -121,6 +121,8 @@ impl AwsPorts {
             queues: self.queues.clone(),
             blobs: self.blobs.clone(),
             mappings: self.mappings.clone(),
+            // CloudWatch's Lambda metrics would serve; the policy assumes without them.
+            telemetry: Arc::new(crate::status::NoTelemetry),
             clock: Arc::new(SystemClock),
             registry,
             settings: settings.settings(emit_metrics),

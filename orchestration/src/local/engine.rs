@@ -137,6 +137,7 @@ impl Engine {
             queues,
             blobs,
             mappings,
+            telemetry: Arc::new(log.clone()),
             clock: Arc::new(SystemClock),
             registry: options.registry.unwrap_or_default(),
             settings,

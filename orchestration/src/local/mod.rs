@@ -17,7 +17,7 @@ use rusqlite::Connection;
 
 pub use blobs::FileBlobs;
 pub use engine::{Engine, EngineOptions};
-pub use invocations::{InvocationLog, InvocationRecord};
+pub use invocations::{InvocationLog, InvocationOutcome, InvocationRecord};
 pub use mappings::SqliteMappings;
 pub use queues::SqliteQueues;
 pub use store::SqliteJobStore;

@@ -1,0 +1,1198 @@
+//! A discrete-event model of sluice on AWS, for sizes no single machine can hold.
+//!
+//! What is real: each job's scaling decisions are made by the real [`Policy`] on an
+//! [`Observation`] built as the daemon builds it, and reserved concurrency is taken,
+//! fitted, given back and applied by the real [`reserve`] code over the real store and
+//! mappings ports (the embedded SQLite adapters, in a scratch directory). Source plans
+//! come from the real planner ([`feed_tasks`]); costs from the real cost model
+//! ([`crate::cost`]).
+//!
+//! What is modelled, each with its source in [`model`]: SQS queues (counts of messages,
+//! visibility timeouts, receive counts and redrive to a DLQ), each event-source mapping's
+//! scaling (5 concurrent batches at first, +300 per minute, at most 1,250, within
+//! MaximumConcurrency; batching windows), Lambda (cold and warm starts, reserved
+//! concurrency and the account's limit, throttles, the per-function scaling rate), and a
+//! stage's work per invocation: fixed time plus time per message, calibrated from
+//! invocations measured on the embedded engine plus modelled API round trips.
+//!
+//! Time is simulated: a billion messages take seconds to run.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::components::feed_tasks;
+use crate::cost::{self, FunctionUsage, Usage};
+use crate::faults::Faults;
+use crate::flow::{Function, Registry};
+use crate::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
+use crate::policy::{Levers, Observation, Policy, StageObservation};
+use crate::ports::{limits, Clock, QueueCounts, StageStats};
+use crate::reserve;
+use crate::services::{Services, Settings};
+use crate::status::NoTelemetry;
+
+/// The model's constants, each with where it comes from.
+pub mod model {
+    /// An event-source mapping starts with 5 concurrent batches (AWS-FACTS.md, "default
+    /// scaling").
+    pub const ESM_START: f64 = 5.0;
+    /// ... and adds up to 300 concurrent batches per minute (AWS-FACTS.md).
+    pub const ESM_RAMP_PER_S: f64 = 300.0 / 60.0;
+    /// ... up to 1,250 concurrent invokes (AWS-FACTS.md).
+    pub const ESM_MAX: u32 = 1_250;
+    /// Assumption: the pollers scale back to the start after a minute with nothing to read
+    /// (AWS documents scaling down, not when).
+    pub const ESM_IDLE_RESET_S: f64 = 60.0;
+    /// Assumption: a new or updated mapping takes a second to act (AWS's control plane is
+    /// eventually consistent; documented as "may take a few seconds").
+    pub const ESM_UPDATE_S: f64 = 1.0;
+    /// Account concurrency: 1,000 per Region, of which 100 stay unreserved (AWS-FACTS.md).
+    pub const ACCOUNT_CONCURRENCY: u32 = 1_000;
+    pub const UNRESERVED_MIN: u32 = 100;
+    /// Lambda adds at most 1,000 execution environments per 10 s per function
+    /// (AWS-FACTS.md, "scaling").
+    pub const ENVIRONMENTS_PER_10S: u32 = 1_000;
+    /// Assumption: a cold start of a small Rust `provided.al2023` arm64 binary. Published
+    /// measurements of Rust on Lambda put init at tens of milliseconds; we take 150 ms
+    /// with the runtime's first connections. AWS bills the INIT phase.
+    pub const COLD_START_MS: f64 = 150.0;
+    /// Assumption: one Lambda control-plane call (UpdateEventSourceMapping,
+    /// PutFunctionConcurrency) from the daemon.
+    pub const CONTROL_API_MS: f64 = 50.0;
+    /// SQS, DynamoDB and S3 round trips: the cost model's (`cost::latency`).
+    pub const SQS_MS: f64 = crate::cost::latency::SQS_MS;
+    pub const DYNAMODB_MS: f64 = crate::cost::latency::DYNAMODB_MS;
+    /// A daemon tick's calls: job record read, lease, the stage queues' counts, the
+    /// ledger's counts, the record's update, the next tick (counted in [`tick_ms`]).
+    pub fn tick_ms(stages: usize) -> f64 {
+        4.0 * DYNAMODB_MS + stages as f64 * SQS_MS + 2.0 * SQS_MS
+    }
+}
+
+/// One stage's cost per invocation: `fixed_ms + per_unit_ms × units`, where a unit is a
+/// message, or for a source a partition it emits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageProfile {
+    pub name: String,
+    pub function: String,
+    pub is_source: bool,
+    pub fixed_ms: f64,
+    pub per_unit_ms: f64,
+    /// Whether a unit's time grows with the records in a partition (a transform reads
+    /// every record; a source emits and a reduce merges one partial per partition).
+    pub per_record: bool,
+    pub memory_mb: u32,
+}
+
+/// What a job type costs to run, stage by stage, and where the numbers come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub source: String,
+    /// Records per partition when measured: a job with larger partitions costs more per
+    /// unit in its `per_record` stages.
+    pub partition_size: u64,
+    pub stages: Vec<StageProfile>,
+    /// SQS requests, DynamoDB units and S3 requests per partition (metered on the engine).
+    pub per_partition: PerPartition,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerPartition {
+    pub sqs_requests: f64,
+    pub dynamodb_write_units: f64,
+    pub dynamodb_read_units: f64,
+    pub s3_write_requests: f64,
+    pub s3_read_requests: f64,
+}
+
+impl Profile {
+    /// The word count's stages as measured by `sluice simulate --calibrate` on the
+    /// embedded engine (2 cores, release build, 100,000 messages in partitions of 100),
+    /// with the modelled round trips of the calls each made added per message.
+    pub fn wordcount() -> Self {
+        let stage = |name: &str, fixed_ms, per_unit_ms| StageProfile {
+            name: name.into(),
+            function: name.into(),
+            is_source: name == "feed",
+            fixed_ms,
+            per_unit_ms,
+            per_record: matches!(name, "filter" | "count"),
+            memory_mb: cost::memory_mb(name),
+        };
+        Self {
+            source: "built-in: wordcount as calibrated on the embedded engine".into(),
+            partition_size: 100,
+            stages: vec![
+                stage("feed", 0.0, 0.25),
+                stage("filter", 1.3, 0.32),
+                stage("count", 0.0, 0.53),
+                stage("reduce", 0.1, 1.51),
+            ],
+            per_partition: PerPartition {
+                sqs_requests: 0.82,
+                dynamodb_write_units: 2.09,
+                dynamodb_read_units: 0.69,
+                s3_write_requests: 0.002,
+                s3_read_requests: 0.0,
+            },
+        }
+    }
+}
+
+/// A job in a scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    /// When it is submitted, seconds from the start.
+    pub at_s: f64,
+    pub messages: u64,
+    pub partition_size: u64,
+    pub policy: Policy,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub jobs: Vec<JobSpec>,
+    pub profile: Profile,
+    /// Reserved concurrency all jobs may hold together (`None`: no reservations; stage
+    /// functions share the account's unreserved pool).
+    pub budget: Option<u32>,
+    pub account_concurrency: u32,
+    pub tick: Duration,
+    pub visibility: Duration,
+    pub max_receive_count: u32,
+    /// Stop here even if jobs are unfinished (simulated seconds).
+    pub horizon_s: f64,
+}
+
+impl Scenario {
+    /// One job, AWS's defaults and the deployment's settings (`aws::config`).
+    pub fn single(spec: JobSpec, profile: Profile) -> Self {
+        let aws = crate::aws::config::AwsSettings::new("sluice");
+        Self {
+            jobs: vec![spec],
+            profile,
+            budget: Some(aws.concurrency_budget),
+            account_concurrency: model::ACCOUNT_CONCURRENCY,
+            tick: aws.tick_interval,
+            visibility: aws.stage_visibility,
+            max_receive_count: aws.max_receive_count,
+            horizon_s: 30.0 * 24.0 * 3600.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub t: f64,
+    pub stage: String,
+    /// Invocations running (all jobs).
+    pub concurrency: u32,
+    /// Messages visible or in flight (all jobs).
+    pub backlog: u64,
+    /// The stage function's reserved concurrency.
+    pub reserved: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub name: String,
+    pub policy: String,
+    pub messages: u64,
+    pub partitions: u64,
+    pub submitted_s: f64,
+    /// When its mappings were first enabled (admitted under the budget).
+    pub admitted_s: Option<f64>,
+    pub finished_s: Option<f64>,
+    pub job_time_s: Option<f64>,
+    pub invocations: u64,
+    pub dead_partitions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// From the first submission to the last job's teardown.
+    pub job_time_s: f64,
+    pub billed_gb_s: f64,
+    pub cost_usd: f64,
+    pub estimate: cost::Estimate,
+    pub requests: Requests,
+    pub jobs: Vec<JobResult>,
+    pub timeline: Vec<Point>,
+    pub checks: Checks,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Requests {
+    pub lambda: u64,
+    pub sqs: u64,
+    pub dynamodb_units: u64,
+    pub s3: u64,
+}
+
+/// What the model watched at every invocation start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checks {
+    /// The most reserved concurrency all functions held at once.
+    pub max_reserved_total: u32,
+    /// The most invocations one mapping ran at once.
+    pub max_mapping_concurrency: u32,
+    /// Invocations started above a mapping's ramp, 1,250 or its MaximumConcurrency.
+    pub ramp_violations: u64,
+    /// Invocations refused for lack of function concurrency.
+    pub throttles: u64,
+    /// The most invocations running in the account at once.
+    pub max_account_concurrency: u32,
+    pub unfinished_jobs: u64,
+    /// Events the model processed.
+    pub events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("scenario: {0}")]
+    Invalid(String),
+    #[error("reservation: {0}")]
+    Reserve(#[from] reserve::ReserveError),
+    #[error("scratch state: {0}")]
+    Scratch(String),
+}
+
+/// Messages of one kind in a queue: `messages`, each worth `units_each` units of work.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    messages: u64,
+    units_each: u64,
+    receives: u32,
+}
+
+#[derive(Default)]
+struct Queue {
+    visible: VecDeque<Chunk>,
+    visible_n: u64,
+    in_flight: u64,
+    /// Throttled batches, visible again at `.0`.
+    returning: Vec<(f64, Chunk)>,
+    dead: u64,
+}
+
+impl Queue {
+    fn push(&mut self, chunk: Chunk) {
+        if chunk.messages == 0 {
+            return;
+        }
+        self.visible_n += chunk.messages;
+        self.visible.push_back(chunk);
+    }
+
+    /// Takes up to `n` messages: (messages, units, the taken chunks).
+    fn take(&mut self, n: u64) -> (u64, u64, Vec<Chunk>) {
+        let (mut messages, mut units, mut taken) = (0, 0, Vec::new());
+        while messages < n {
+            let Some(front) = self.visible.front_mut() else {
+                break;
+            };
+            let k = front.messages.min(n - messages);
+            taken.push(Chunk {
+                messages: k,
+                ..*front
+            });
+            messages += k;
+            units += k * front.units_each;
+            front.messages -= k;
+            if front.messages == 0 {
+                self.visible.pop_front();
+            }
+        }
+        self.visible_n -= messages;
+        (messages, units, taken)
+    }
+
+    fn returning_n(&self) -> u64 {
+        self.returning.iter().map(|(_, c)| c.messages).sum()
+    }
+}
+
+struct Mapping {
+    levers: Levers,
+    /// The mapping acts on new levers from here.
+    pending: Option<(f64, Levers)>,
+    active_since: Option<f64>,
+    last_busy: f64,
+    running: u32,
+    gather_since: Option<f64>,
+}
+
+struct Stage {
+    name: String,
+    function: usize,
+    is_source: bool,
+    queue: Queue,
+    mapping: Option<Mapping>,
+    stats: StageStats,
+}
+
+struct Job {
+    spec: JobSpec,
+    stages: Vec<Stage>,
+    total: u64,
+    finished: u64,
+    started: Option<f64>,
+    admitted: Option<f64>,
+    done: Option<f64>,
+}
+
+#[derive(Default)]
+struct Func {
+    name: String,
+    memory_mb: u32,
+    running: u32,
+    warm_idle: u32,
+    window_start: f64,
+    cold_in_window: u32,
+    reserved: Option<u32>,
+    requests: u64,
+    billed_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Submit(usize),
+    Tick(usize),
+    End {
+        job: usize,
+        stage: usize,
+        messages: u64,
+        units: u64,
+    },
+    Pump(usize),
+    Sample,
+}
+
+/// Simulated milliseconds, for the reservation code's clock.
+struct SimClock(AtomicU64);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct World {
+    now: f64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    payloads: Vec<Event>,
+    jobs: Vec<Job>,
+    funcs: Vec<Func>,
+    scenario: Scenario,
+    timeline: Vec<Point>,
+    checks: Checks,
+    daemon_ticks: u64,
+    account_running: u32,
+    svc: Services,
+    clock: Arc<SimClock>,
+    reserve_version: u64,
+}
+
+/// Runs the scenario to the end (or its horizon). `scratch` holds the store the real
+/// reservation code writes to.
+pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError> {
+    if scenario.jobs.is_empty() {
+        return Err(SimError::Invalid("no jobs".into()));
+    }
+    if scenario.profile.stages.is_empty() || !scenario.profile.stages[0].is_source {
+        return Err(SimError::Invalid(
+            "the profile needs a source stage first".into(),
+        ));
+    }
+    for spec in &scenario.jobs {
+        if spec.messages == 0 || spec.partition_size == 0 {
+            return Err(SimError::Invalid(format!(
+                "job {}: messages and partition_size must be positive",
+                spec.name
+            )));
+        }
+    }
+    let scratch_err = |e: &dyn std::fmt::Display| SimError::Scratch(e.to_string());
+    std::fs::create_dir_all(scratch).map_err(|e| scratch_err(&e))?;
+    let clock = Arc::new(SimClock(AtomicU64::new(0)));
+    let svc = Services {
+        store: Arc::new(
+            SqliteJobStore::open(&scratch.join("store.db")).map_err(|e| scratch_err(&e))?,
+        ),
+        queues: Arc::new(
+            SqliteQueues::open(&scratch.join("queues.db")).map_err(|e| scratch_err(&e))?,
+        ),
+        blobs: Arc::new(FileBlobs::open(scratch.join("blobs")).map_err(|e| scratch_err(&e))?),
+        mappings: Arc::new(
+            SqliteMappings::open(&scratch.join("mappings.db")).map_err(|e| scratch_err(&e))?,
+        ),
+        telemetry: Arc::new(NoTelemetry),
+        clock: clock.clone(),
+        registry: Registry::default(),
+        settings: Settings {
+            concurrency_budget: scenario.budget,
+            ..Settings::default()
+        },
+        faults: Faults::default(),
+    };
+    let mut funcs: Vec<Func> = Vec::new();
+    for s in &scenario.profile.stages {
+        if !funcs.iter().any(|f| f.name == s.function) {
+            funcs.push(Func {
+                name: s.function.clone(),
+                memory_mb: s.memory_mb,
+                ..Func::default()
+            });
+        }
+    }
+    funcs.push(Func {
+        name: "daemon".into(),
+        memory_mb: cost::memory_mb("daemon"),
+        ..Func::default()
+    });
+    let mut world = World {
+        now: 0.0,
+        seq: 0,
+        events: BinaryHeap::new(),
+        payloads: Vec::new(),
+        jobs: Vec::new(),
+        funcs,
+        timeline: Vec::new(),
+        checks: Checks::default(),
+        daemon_ticks: 0,
+        account_running: 0,
+        svc,
+        clock,
+        reserve_version: 0,
+        scenario,
+    };
+    for (i, spec) in world.scenario.jobs.clone().into_iter().enumerate() {
+        let total = spec.messages.div_ceil(spec.partition_size);
+        let stages = world
+            .scenario
+            .profile
+            .stages
+            .iter()
+            .map(|p| Stage {
+                name: p.name.clone(),
+                function: world
+                    .funcs
+                    .iter()
+                    .position(|f| f.name == p.function)
+                    .unwrap_or(0),
+                is_source: p.is_source,
+                queue: Queue::default(),
+                mapping: None,
+                stats: StageStats {
+                    stage: p.name.clone(),
+                    function: p.function.clone(),
+                    ..StageStats::default()
+                },
+            })
+            .collect();
+        world.jobs.push(Job {
+            total,
+            stages,
+            finished: 0,
+            started: None,
+            admitted: None,
+            done: None,
+            spec: spec.clone(),
+        });
+        world.schedule(spec.at_s, Event::Submit(i));
+    }
+    world.schedule(0.0, Event::Sample);
+    world.run().await?;
+    Ok(world.report())
+}
+
+impl World {
+    fn schedule(&mut self, at: f64, event: Event) {
+        let key = (at.max(self.now) * 1e6).round() as u64;
+        self.seq += 1;
+        self.payloads.push(event);
+        self.events
+            .push(Reverse((key, self.seq, self.payloads.len() - 1)));
+    }
+
+    fn all_done(&self) -> bool {
+        self.jobs.iter().all(|j| j.done.is_some())
+    }
+
+    async fn run(&mut self) -> Result<(), SimError> {
+        while let Some(Reverse((key, _, index))) = self.events.pop() {
+            self.now = key as f64 / 1e6;
+            self.checks.events += 1;
+            if self.now > self.scenario.horizon_s {
+                break;
+            }
+            self.clock
+                .0
+                .store((self.now * 1e3) as u64, Ordering::SeqCst);
+            match self.payloads[index] {
+                Event::Submit(j) => {
+                    // The API's write and nudge, then the daemon's first tick.
+                    let first = self.now + 2.0 * model::DYNAMODB_MS / 1e3 + model::SQS_MS / 1e3;
+                    self.schedule(first, Event::Tick(j));
+                }
+                Event::Tick(j) => self.tick(j).await?,
+                Event::End {
+                    job,
+                    stage,
+                    messages,
+                    units,
+                } => {
+                    self.end(job, stage, messages, units);
+                    self.pump(job);
+                }
+                Event::Pump(j) => self.pump(j),
+                Event::Sample => {
+                    self.sample();
+                    if self.all_done() {
+                        break;
+                    }
+                    let step = if self.now < 600.0 {
+                        1.0
+                    } else if self.now < 3_600.0 {
+                        10.0
+                    } else {
+                        60.0
+                    };
+                    self.schedule(self.now + step, Event::Sample);
+                    // The pollers' ramp and batching windows move with time.
+                    for j in 0..self.jobs.len() {
+                        if self.jobs[j].started.is_some() && self.jobs[j].done.is_none() {
+                            self.pump(j);
+                        }
+                    }
+                }
+            }
+            // Compact the event payloads now and then.
+            if self.events.is_empty() {
+                self.payloads.clear();
+            }
+        }
+        self.sample();
+        Ok(())
+    }
+
+    /// One daemon tick: observe, decide with the real policy, reserve with the real
+    /// reservation code, update the mappings; completion and teardown.
+    async fn tick(&mut self, j: usize) -> Result<(), SimError> {
+        let stages_n = self.jobs[j].stages.len();
+        let mut took_ms = model::tick_ms(stages_n);
+        self.daemon_ticks += 1;
+        let name = self.jobs[j].spec.name.clone();
+        let functions: Vec<Function> = self.jobs[j]
+            .stages
+            .iter()
+            .map(|s| {
+                self.funcs[s.function]
+                    .name
+                    .parse()
+                    .unwrap_or(Function::Count)
+            })
+            .collect();
+        if self.jobs[j].started.is_none() {
+            // Provisioning (queues, mappings) and planning: the real planner's tasks.
+            self.jobs[j].started = Some(self.now);
+            let total = self.jobs[j].total;
+            let source = &mut self.jobs[j].stages[0].queue;
+            for task in feed_tasks(total) {
+                source.push(Chunk {
+                    messages: 1,
+                    units_each: task.count,
+                    receives: 0,
+                });
+            }
+            took_ms +=
+                (stages_n as f64 + 1.0) * model::SQS_MS + stages_n as f64 * model::CONTROL_API_MS;
+        }
+        let job = &self.jobs[j];
+        if job.finished + self.dead_partitions(j) >= job.total {
+            // Complete: teardown and release.
+            took_ms += stages_n as f64 * (model::CONTROL_API_MS + model::SQS_MS);
+            if self.scenario.budget.is_some() {
+                if reserve::release(&self.svc, &name, 1).await? {
+                    reserve::apply(&self.svc, &reserve::distinct(&functions)).await?;
+                }
+                self.refresh_reserved().await?;
+            }
+            let done = self.now + took_ms / 1e3;
+            let job = &mut self.jobs[j];
+            job.done = Some(done);
+            for stage in &mut job.stages {
+                stage.mapping = None;
+            }
+            self.charge_daemon(took_ms);
+            return Ok(());
+        }
+        let obs = self.observe(j);
+        let mut levers = job.spec.policy.decide(&obs);
+        if let Some(budget) = self.scenario.budget {
+            reserve::steer(&self.svc, &name, 1, &functions, &mut levers, budget).await?;
+        }
+        let effective = self.now + took_ms / 1e3 + model::ESM_UPDATE_S;
+        let mut changed = false;
+        // What the mappings may still run until the new levers act: the grant keeps it.
+        let mut keep = levers.clone();
+        for ((stage, l), k) in self.jobs[j].stages.iter_mut().zip(&levers).zip(&mut keep) {
+            match &mut stage.mapping {
+                None => {
+                    stage.mapping = Some(Mapping {
+                        levers: Levers {
+                            reserved_concurrency: Some(0),
+                            ..*l
+                        },
+                        pending: Some((effective, *l)),
+                        active_since: None,
+                        last_busy: self.now,
+                        running: 0,
+                        gather_since: None,
+                    });
+                    changed = true;
+                }
+                Some(m) => {
+                    if let Some((at, pending)) = m.pending {
+                        if self.now >= at {
+                            m.levers = pending;
+                            m.pending = None;
+                        }
+                    }
+                    *k = reserve::wider(&m.levers, l);
+                    if m.pending.map(|p| p.1).unwrap_or(m.levers) != *l {
+                        m.pending = Some((effective, *l));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            took_ms += model::CONTROL_API_MS;
+        }
+        if self.jobs[j].admitted.is_none() && levers.iter().all(|l| l.mapping_config().enabled) {
+            self.jobs[j].admitted = Some(effective);
+        }
+        if self.scenario.budget.is_some() {
+            // Give back what neither the running nor the new levers use.
+            reserve::settle(&self.svc, &name, 1, &functions, &keep).await?;
+            self.refresh_reserved().await?;
+        }
+        self.charge_daemon(took_ms);
+        let next = self.now + self.scenario.tick.as_secs_f64() + took_ms / 1e3;
+        self.schedule(next, Event::Tick(j));
+        self.schedule(effective, Event::Pump(j));
+        Ok(())
+    }
+
+    fn charge_daemon(&mut self, ms: f64) {
+        if let Some(d) = self.funcs.iter_mut().find(|f| f.name == "daemon") {
+            d.requests += 1;
+            d.billed_ms += ms.ceil() as u64;
+        }
+    }
+
+    /// Reads the functions' reserved concurrency back when the reservations changed.
+    async fn refresh_reserved(&mut self) -> Result<(), SimError> {
+        let (_, version) = reserve::state(&self.svc).await?;
+        if version == self.reserve_version {
+            return Ok(());
+        }
+        self.reserve_version = version;
+        let mut total = 0;
+        for f in &mut self.funcs {
+            if f.name == "daemon" {
+                continue;
+            }
+            f.reserved = self
+                .svc
+                .mappings
+                .get_reserved_concurrency(&f.name)
+                .await
+                .map_err(reserve::ReserveError::from)?;
+            total += f.reserved.unwrap_or(0);
+        }
+        self.checks.max_reserved_total = self.checks.max_reserved_total.max(total);
+        Ok(())
+    }
+
+    fn dead_partitions(&self, j: usize) -> u64 {
+        self.jobs[j].stages.iter().map(|s| s.queue.dead).sum()
+    }
+
+    fn observe(&self, j: usize) -> Observation {
+        let job = &self.jobs[j];
+        Observation {
+            job_size: job.spec.messages,
+            total_partitions: Some(job.total),
+            finished_partitions: job.finished + self.dead_partitions(j),
+            elapsed_s: job.started.map(|s| self.now - s).unwrap_or(0.0),
+            stages: job
+                .stages
+                .iter()
+                .map(|s| StageObservation {
+                    name: s.name.clone(),
+                    is_source: s.is_source,
+                    counts: QueueCounts {
+                        visible: s.queue.visible_n,
+                        in_flight: s.queue.in_flight + s.queue.returning_n(),
+                        delayed: 0,
+                    },
+                    throughput: s.stats.throughput(),
+                    memory_mb: self.funcs[s.function].memory_mb,
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts what each of the job's mappings may start now.
+    fn pump(&mut self, j: usize) {
+        if self.jobs[j].done.is_some() {
+            return;
+        }
+        for s in 0..self.jobs[j].stages.len() {
+            self.pump_stage(j, s);
+        }
+    }
+
+    fn pump_stage(&mut self, j: usize, s: usize) {
+        let now = self.now;
+        let visibility = self.scenario.visibility.as_secs_f64();
+        let max_receives = self.scenario.max_receive_count;
+        let account = self.scenario.account_concurrency;
+        let reserved_total: u32 = self.funcs.iter().filter_map(|f| f.reserved).sum();
+        let profile = &self.scenario.profile.stages[s];
+        let fixed_ms = profile.fixed_ms;
+        let per_unit_ms = if profile.per_record {
+            profile.per_unit_ms * self.jobs[j].spec.partition_size as f64
+                / self.scenario.profile.partition_size.max(1) as f64
+        } else {
+            profile.per_unit_ms
+        };
+        let stage = &mut self.jobs[j].stages[s];
+        let Some(m) = stage.mapping.as_mut() else {
+            return;
+        };
+        if let Some((at, levers)) = m.pending {
+            if now >= at {
+                m.levers = levers;
+                m.pending = None;
+            }
+        }
+        let q = &mut stage.queue;
+        // Throttled batches come back after the visibility timeout.
+        let mut i = 0;
+        while i < q.returning.len() {
+            if q.returning[i].0 <= now {
+                let (_, chunk) = q.returning.swap_remove(i);
+                q.push(chunk);
+            } else {
+                i += 1;
+            }
+        }
+        if !m.levers.mapping_config().enabled {
+            return;
+        }
+        if q.visible_n == 0 && m.running == 0 && now - m.last_busy > model::ESM_IDLE_RESET_S {
+            m.active_since = None;
+        }
+        let mut wake: Option<f64> = None;
+        while q.visible_n > 0 {
+            let since = *m.active_since.get_or_insert(now);
+            let ramp = (model::ESM_START + model::ESM_RAMP_PER_S * (now - since)).floor() as u32;
+            let allowed = ramp.min(model::ESM_MAX).min(m.levers.max_concurrency);
+            if m.running >= allowed {
+                break;
+            }
+            let batch = u64::from(m.levers.batch_size);
+            let window = f64::from(m.levers.batching_window_secs);
+            if q.visible_n < batch && window > 0.0 {
+                let started = *m.gather_since.get_or_insert(now);
+                if now < started + window {
+                    wake = Some(started + window);
+                    break;
+                }
+            }
+            m.gather_since = None;
+            let f = &mut self.funcs[stage.function];
+            if now - f.window_start >= 10.0 {
+                f.window_start = now;
+                f.cold_in_window = 0;
+            }
+            let limit = match f.reserved {
+                Some(r) => r,
+                None => account.saturating_sub(reserved_total),
+            };
+            let (messages, units, chunks) = q.take(batch);
+            q.in_flight += messages;
+            if f.running >= limit || self.account_running >= account {
+                // Throttled: the batch was received, so its receive counts are spent; it
+                // comes back after the visibility timeout, or goes to the DLQ.
+                self.checks.throttles += 1;
+                q.in_flight -= messages;
+                for mut c in chunks {
+                    c.receives += 1;
+                    if c.receives >= max_receives {
+                        q.dead += c.messages * c.units_each.max(1);
+                    } else {
+                        q.returning.push((now + visibility, c));
+                    }
+                }
+                wake = Some(now + 1.0);
+                break;
+            }
+            let cold = if f.warm_idle > 0 {
+                f.warm_idle -= 1;
+                false
+            } else if f.cold_in_window < model::ENVIRONMENTS_PER_10S {
+                f.cold_in_window += 1;
+                true
+            } else {
+                // Lambda cannot add environments faster: the poller tries again.
+                q.in_flight -= messages;
+                for c in chunks.into_iter().rev() {
+                    q.visible.push_front(c);
+                    q.visible_n += c.messages;
+                }
+                wake = Some(f.window_start + 10.0);
+                break;
+            };
+            f.running += 1;
+            self.account_running += 1;
+            m.running += 1;
+            if m.running > allowed {
+                self.checks.ramp_violations += 1;
+            }
+            self.checks.max_mapping_concurrency =
+                self.checks.max_mapping_concurrency.max(m.running);
+            self.checks.max_account_concurrency = self
+                .checks
+                .max_account_concurrency
+                .max(self.account_running);
+            let mut ms = fixed_ms + per_unit_ms * units as f64;
+            if cold {
+                ms += model::COLD_START_MS;
+            }
+            // The ESM's receive round trip before the invoke.
+            let end = now + (model::SQS_MS + ms) / 1e3;
+            let billed = ms.ceil() as u64;
+            f.requests += 1;
+            f.billed_ms += billed;
+            stage.stats.invocations += 1;
+            stage.stats.billed_ms += billed;
+            self.seq += 1;
+            let event = Event::End {
+                job: j,
+                stage: s,
+                messages,
+                units,
+            };
+            let key = (end * 1e6).round() as u64;
+            self.payloads.push(event);
+            self.events
+                .push(Reverse((key, self.seq, self.payloads.len() - 1)));
+        }
+        if let Some(at) = wake {
+            self.schedule(at, Event::Pump(j));
+        }
+    }
+
+    fn end(&mut self, j: usize, s: usize, messages: u64, units: u64) {
+        let now = self.now;
+        let function = self.jobs[j].stages[s].function;
+        let f = &mut self.funcs[function];
+        f.running = f.running.saturating_sub(1);
+        f.warm_idle += 1;
+        self.account_running = self.account_running.saturating_sub(1);
+        let last = self.jobs[j].stages.len() - 1;
+        let job = &mut self.jobs[j];
+        let stage = &mut job.stages[s];
+        stage.queue.in_flight -= messages;
+        stage.stats.messages += messages;
+        if let Some(m) = stage.mapping.as_mut() {
+            m.running = m.running.saturating_sub(1);
+            m.last_busy = now;
+        }
+        if s == last {
+            job.finished += messages;
+        } else {
+            job.stages[s + 1].queue.push(Chunk {
+                messages: units,
+                units_each: 1,
+                receives: 0,
+            });
+        }
+    }
+
+    fn sample(&mut self) {
+        let mut by_stage: BTreeMap<usize, (String, u32, u64, Option<u32>)> = BTreeMap::new();
+        for job in &self.jobs {
+            if job.started.is_none() {
+                continue;
+            }
+            for (i, s) in job.stages.iter().enumerate() {
+                let e = by_stage
+                    .entry(i)
+                    .or_insert_with(|| (s.name.clone(), 0, 0, self.funcs[s.function].reserved));
+                e.1 += s.mapping.as_ref().map(|m| m.running).unwrap_or(0);
+                e.2 += s.queue.visible_n + s.queue.in_flight + s.queue.returning_n();
+            }
+        }
+        for (_, (stage, concurrency, backlog, reserved)) in by_stage {
+            self.timeline.push(Point {
+                t: (self.now * 1e3).round() / 1e3,
+                stage,
+                concurrency,
+                backlog,
+                reserved,
+            });
+        }
+    }
+
+    fn report(&self) -> Report {
+        let first = self
+            .jobs
+            .iter()
+            .map(|j| j.spec.at_s)
+            .fold(f64::INFINITY, f64::min);
+        let last = self
+            .jobs
+            .iter()
+            .map(|j| j.done.unwrap_or(self.now))
+            .fold(0.0, f64::max);
+        let job_time_s = last - first;
+        let partitions: u64 = self.jobs.iter().map(|j| j.total).sum();
+        let pp = &self.scenario.profile.per_partition;
+        let scaled = |per: f64| (per * partitions as f64).round() as u64;
+        let mut usage = Usage {
+            functions: self
+                .funcs
+                .iter()
+                .map(|f| FunctionUsage {
+                    function: f.name.clone(),
+                    memory_mb: f.memory_mb,
+                    requests: f.requests,
+                    measured_ms: f.billed_ms,
+                    ..FunctionUsage::default()
+                })
+                .collect(),
+            sqs_requests: scaled(pp.sqs_requests) + self.daemon_ticks * 2,
+            sqs_empty_receives: 0,
+            dynamodb_write_units: scaled(pp.dynamodb_write_units) + self.daemon_ticks * 4,
+            dynamodb_read_units: scaled(pp.dynamodb_read_units) + self.daemon_ticks * 4,
+            s3_write_requests: scaled(pp.s3_write_requests),
+            s3_read_requests: scaled(pp.s3_read_requests),
+        };
+        for job in &self.jobs {
+            let seconds = job.done.unwrap_or(self.now) - job.spec.at_s;
+            usage = usage.with_job_polling(job.stages.len(), seconds);
+        }
+        let estimate = usage.estimate();
+        let jobs: Vec<JobResult> = self
+            .jobs
+            .iter()
+            .map(|j| JobResult {
+                name: j.spec.name.clone(),
+                policy: j.spec.policy.to_string(),
+                messages: j.spec.messages,
+                partitions: j.total,
+                submitted_s: j.spec.at_s,
+                admitted_s: j.admitted,
+                finished_s: j.done,
+                job_time_s: j.done.map(|d| d - j.spec.at_s),
+                invocations: j.stages.iter().map(|s| s.stats.invocations).sum(),
+                dead_partitions: j.stages.iter().map(|s| s.queue.dead).sum(),
+            })
+            .collect();
+        let mut checks = self.checks.clone();
+        checks.unfinished_jobs = jobs.iter().filter(|j| j.finished_s.is_none()).count() as u64;
+        Report {
+            job_time_s,
+            billed_gb_s: estimate.lambda_gb_s,
+            cost_usd: estimate.total_usd,
+            requests: Requests {
+                lambda: estimate.lambda_requests,
+                sqs: usage.sqs_requests + usage.sqs_empty_receives,
+                dynamodb_units: usage.dynamodb_write_units + usage.dynamodb_read_units,
+                s3: usage.s3_write_requests + usage.s3_read_requests,
+            },
+            estimate,
+            jobs,
+            timeline: self.timeline.clone(),
+            checks,
+        }
+    }
+}
+
+/// The jobs' names to their results, for lookups in tests and reports.
+pub fn by_name(report: &Report) -> HashMap<&str, &JobResult> {
+    report.jobs.iter().map(|j| (j.name.as_str(), j)).collect()
+}
+
+/// The least MaximumConcurrency a mapping can have: a job's stage never runs below it once
+/// admitted.
+pub const MIN_CONCURRENCY: u32 = limits::MIN_MAX_CONCURRENCY;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, messages: u64, policy: &str) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            at_s: 0.0,
+            messages,
+            partition_size: 100,
+            policy: policy.parse().unwrap(),
+        }
+    }
+
+    async fn simulate(scenario: Scenario) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        run(scenario, dir.path()).await.unwrap()
+    }
+
+    /// Every point of a single job's timeline is within the ESM's ramp from the stage's
+    /// first backlog, 1,250, and the function's reserved concurrency.
+    fn assert_within_ramp(report: &Report) {
+        let mut first_backlog: HashMap<&str, f64> = HashMap::new();
+        for p in &report.timeline {
+            if p.backlog > 0 || p.concurrency > 0 {
+                first_backlog.entry(&p.stage).or_insert(p.t);
+            }
+            let since = first_backlog.get(p.stage.as_str()).copied().unwrap_or(p.t);
+            let ramp = model::ESM_START + model::ESM_RAMP_PER_S * (p.t - since + 1.0);
+            assert!(
+                f64::from(p.concurrency) <= ramp,
+                "{p:?} above the ramp {ramp}"
+            );
+            assert!(p.concurrency <= model::ESM_MAX, "{p:?}");
+            if let Some(r) = p.reserved {
+                assert!(p.concurrency <= r, "{p:?} above its reservation");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_papers_job_finishes_exactly_within_the_limits() {
+        for policy in ["always-one", "static-proportional:150", "backlog"] {
+            let report = simulate(Scenario::single(
+                job("paper", 2_000, policy),
+                Profile::wordcount(),
+            ))
+            .await;
+            let result = &report.jobs[0];
+            assert_eq!(result.partitions, 20);
+            assert!(result.finished_s.is_some(), "{policy}: {report:?}");
+            assert_eq!(result.dead_partitions, 0);
+            assert_eq!(report.checks.throttles, 0, "{policy}");
+            assert_eq!(report.checks.ramp_violations, 0);
+            assert!(report.job_time_s > 0.0 && report.cost_usd > 0.0);
+            assert_within_ramp(&report);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_job_ramps_as_the_mapping_allows() {
+        let report = simulate(Scenario::single(
+            job("big", 50_000_000, "backlog"),
+            Profile::wordcount(),
+        ))
+        .await;
+        assert!(report.jobs[0].finished_s.is_some());
+        assert_eq!(report.jobs[0].dead_partitions, 0);
+        assert_within_ramp(&report);
+        // Up the ramp, within the budget of 900 over the four functions.
+        assert!(report.checks.max_reserved_total <= 900);
+        assert!(
+            report.checks.max_mapping_concurrency > 50,
+            "{:?}",
+            report.checks
+        );
+        assert_eq!(report.checks.throttles, 0);
+        assert_eq!(report.checks.ramp_violations, 0);
+    }
+
+    #[tokio::test]
+    async fn backlog_beats_the_static_policy_on_a_large_job() {
+        let run = |policy| {
+            simulate(Scenario::single(
+                job("big", 10_000_000, policy),
+                Profile::wordcount(),
+            ))
+        };
+        let (fixed, backlog) = (run("static-proportional:150").await, run("backlog").await);
+        assert!(
+            backlog.job_time_s < fixed.job_time_s,
+            "{} vs {}",
+            backlog.job_time_s,
+            fixed.job_time_s
+        );
+        assert!(
+            backlog.cost_usd <= fixed.cost_usd,
+            "{} vs {}",
+            backlog.cost_usd,
+            fixed.cost_usd
+        );
+        assert!(backlog.requests.lambda < fixed.requests.lambda);
+    }
+
+    #[tokio::test]
+    async fn without_a_budget_mappings_above_the_function_limit_throttle() {
+        // Reserved concurrency of 0 left for the stage functions: the account's unreserved
+        // pool is all there is, and a tiny account throttles; throttles burn receives.
+        let mut scenario = Scenario::single(job("t", 1_000_000, "backlog"), Profile::wordcount());
+        scenario.budget = None;
+        scenario.account_concurrency = 3;
+        scenario.visibility = Duration::from_secs(1);
+        scenario.max_receive_count = 2;
+        let report = simulate(scenario).await;
+        assert!(report.checks.throttles > 0, "{:?}", report.checks);
+        assert!(report.checks.max_account_concurrency <= 3);
+        let job = &report.jobs[0];
+        assert!(
+            job.dead_partitions > 0,
+            "throttled batches reach the DLQ: {job:?}"
+        );
+        assert!(
+            job.finished_s.is_some(),
+            "dead letters still end the job: {job:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn many_jobs_share_the_budget_and_none_starves() {
+        let profile = Profile::wordcount();
+        let mut scenario = Scenario::single(job("j0", 2_000, "backlog"), profile);
+        scenario.jobs = (0..300)
+            .map(|i| JobSpec {
+                at_s: (i % 10) as f64 * 0.1,
+                ..job(&format!("j{i}"), 2_000 + i * 10, "backlog")
+            })
+            .collect();
+        scenario.budget = Some(100);
+        let report = simulate(scenario).await;
+        assert_eq!(report.checks.unfinished_jobs, 0, "{:?}", report.checks);
+        assert!(
+            report.checks.max_reserved_total <= 100,
+            "{:?}",
+            report.checks
+        );
+        assert_eq!(report.checks.throttles, 0);
+        // Admission is first come, first served: more jobs waited than ran at once.
+        let waited = report
+            .jobs
+            .iter()
+            .filter(|j| j.admitted_s.unwrap_or(0.0) > j.submitted_s + 5.0)
+            .count();
+        assert!(waited > 100, "{waited} waited");
+    }
+}

@@ -1,0 +1,432 @@
+//! `sluice simulate`: the AWS model (`orchestration::sim`) run on the paper's sizes and
+//! beyond, its stage costs calibrated from a job measured on the embedded engine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use orchestration::cost;
+use orchestration::local::InvocationOutcome;
+use orchestration::policy::Policy;
+use orchestration::sim::{self, JobSpec, PerPartition, Profile, Report, Scenario, StageProfile};
+use serde_json::{json, Value};
+
+use super::experiments::series;
+use super::{fmt_s, one_job, paper, wordcount, Output, Scratch};
+use crate::plot::{Chart, Scale, Style};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// The paper's 2,000 messages, beside its measured times.
+    Paper,
+    /// 10^9 messages in partitions of 1,000 (a year of tweets).
+    Billion,
+    /// 1,000 jobs of 100,000 messages submitted within 10 s, sharing one account.
+    Thousand,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// A preset scenario; without one, a single job of --messages.
+    #[arg(long, value_enum)]
+    scenario: Option<Preset>,
+    /// Messages of the job (each job, with --jobs).
+    #[arg(long, default_value_t = 2_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 100)]
+    partition_size: u64,
+    /// Policies to compare, comma-separated (each runs the whole scenario).
+    #[arg(long, value_delimiter = ',')]
+    policy: Vec<Policy>,
+    /// Jobs submitted together, spread evenly over --spread-s seconds.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    #[arg(long, default_value_t = 0.0)]
+    spread_s: f64,
+    /// Reserved concurrency all jobs may hold together (0: reserve none).
+    #[arg(long, default_value_t = 900)]
+    budget: u32,
+    /// The stage costs to use instead of measuring them: a JSON profile (as `--json`
+    /// prints under `profile`), or `built-in`.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Where to write CSV files and plots.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Print one JSON object (one run) or array (several policies) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Plan {
+    name: &'static str,
+    jobs: usize,
+    spread_s: f64,
+    messages: u64,
+    partition_size: u64,
+    policies: Vec<Policy>,
+    /// The paper's measured job time per policy, where it has one.
+    paper_s: BTreeMap<String, f64>,
+}
+
+fn plan(args: &SimulateArgs) -> Result<Plan> {
+    let policies = |default: &[&str]| -> Result<Vec<Policy>> {
+        if !args.policy.is_empty() {
+            return Ok(args.policy.clone());
+        }
+        default
+            .iter()
+            .map(|p| p.parse().map_err(anyhow::Error::from))
+            .collect()
+    };
+    Ok(match args.scenario {
+        Some(Preset::Paper) => Plan {
+            name: "paper",
+            jobs: 1,
+            spread_s: 0.0,
+            messages: 2_000,
+            partition_size: 100,
+            policies: policies(&["always-one", "static-proportional:150", "backlog"])?,
+            paper_s: BTreeMap::from([
+                ("always-one".to_owned(), paper::ALWAYS_ONE_JOB_S),
+                (
+                    "static-proportional:150".to_owned(),
+                    paper::STATIC_150_JOB_S,
+                ),
+            ]),
+        },
+        Some(Preset::Billion) => Plan {
+            name: "billion",
+            jobs: 1,
+            spread_s: 0.0,
+            messages: 1_000_000_000,
+            partition_size: 1_000,
+            policies: policies(&["static-proportional:150", "backlog"])?,
+            paper_s: BTreeMap::new(),
+        },
+        Some(Preset::Thousand) => Plan {
+            name: "thousand",
+            jobs: 1_000,
+            spread_s: 10.0,
+            messages: 100_000,
+            partition_size: 100,
+            policies: policies(&["static-proportional:150", "backlog"])?,
+            paper_s: BTreeMap::new(),
+        },
+        None => Plan {
+            name: "job",
+            jobs: args.jobs.max(1),
+            spread_s: args.spread_s.max(0.0),
+            messages: args.messages,
+            partition_size: args.partition_size,
+            policies: policies(&["backlog"])?,
+            paper_s: BTreeMap::new(),
+        },
+    })
+}
+
+pub async fn run(args: SimulateArgs) -> Result<i32> {
+    if args.messages == 0 || args.partition_size == 0 {
+        bail!("--messages and --partition-size must be positive");
+    }
+    let plan = plan(&args)?;
+    let profile = match args.profile.as_deref() {
+        Some("built-in") => Profile::wordcount(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path} is not a profile"))?
+        }
+        None => calibrate_apart().await?,
+    };
+    let out = Output {
+        dir: args.out.clone(),
+        json: args.json,
+    };
+    out.prepare()?;
+    let mut reports = Vec::new();
+    for policy in &plan.policies {
+        let jobs = (0..plan.jobs)
+            .map(|i| JobSpec {
+                name: format!("job{i}"),
+                at_s: if plan.jobs > 1 {
+                    plan.spread_s * i as f64 / plan.jobs as f64
+                } else {
+                    0.0
+                },
+                messages: plan.messages,
+                partition_size: plan.partition_size,
+                policy: *policy,
+            })
+            .collect();
+        let mut scenario = Scenario::single(
+            JobSpec {
+                name: String::new(),
+                at_s: 0.0,
+                messages: plan.messages,
+                partition_size: plan.partition_size,
+                policy: *policy,
+            },
+            profile.clone(),
+        );
+        scenario.jobs = jobs;
+        scenario.budget = (args.budget > 0).then_some(args.budget);
+        let scratch = Scratch::new("simulate")?;
+        let started = std::time::Instant::now();
+        let report = sim::run(scenario, scratch.path()).await?;
+        let wall_s = started.elapsed().as_secs_f64();
+        write_timeline(&out, &plan, policy, &report)?;
+        reports.push((policy.to_string(), report, wall_s));
+    }
+    print(&out, &plan, &profile, &reports);
+    Ok(0)
+}
+
+/// [`calibrate`] on a runtime of its own, shut down after: the engine's background tasks
+/// must not share the simulation's threads.
+async fn calibrate_apart() -> Result<Profile> {
+    tokio::task::spawn_blocking(|| -> Result<Profile> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let profile = rt.block_on(calibrate());
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        profile
+    })
+    .await?
+}
+
+/// Measures the word count's stages on the embedded engine: a job of 100,000 messages,
+/// with the `backlog` policy so that batch sizes vary. Per stage, a least-squares line
+/// through (units, duration) of its invocations gives the fixed and per-unit time; the
+/// modelled round trips of the calls each function made are added per unit.
+pub async fn calibrate() -> Result<Profile> {
+    const MESSAGES: u64 = 100_000;
+    let (run, usage) = one_job(
+        wordcount(MESSAGES, json!({})),
+        "backlog".parse()?,
+        "calibrate",
+    )
+    .await?;
+    // wordcount's default partition size.
+    const PARTITION_SIZE: u64 = 100;
+    let partitions = MESSAGES.div_ceil(PARTITION_SIZE);
+    let tasks = orchestration::components::feed_tasks(partitions).len() as f64;
+    let mut stages = Vec::new();
+    for name in ["feed", "filter", "count", "reduce"] {
+        let is_source = name == "feed";
+        let points: Vec<(f64, f64)> = run
+            .records
+            .iter()
+            .filter(|r| r.stage == name && r.outcome == InvocationOutcome::Ok)
+            .map(|r| {
+                let units = if is_source {
+                    f64::from(r.batch_size) * partitions as f64 / tasks
+                } else {
+                    f64::from(r.batch_size)
+                };
+                (units, r.duration_us as f64 / 1e3)
+            })
+            .collect();
+        if points.is_empty() {
+            bail!("calibration: no invocations of {name}");
+        }
+        let (fixed_ms, per_unit_ms) = fit(&points);
+        let units: f64 = points.iter().map(|p| p.0).sum();
+        let network_ms = usage
+            .functions
+            .iter()
+            .find(|f| f.function == name)
+            .map(|f| f.modelled_ms() - f.measured_ms as f64)
+            .unwrap_or(0.0);
+        stages.push(StageProfile {
+            name: name.into(),
+            function: name.into(),
+            is_source,
+            fixed_ms,
+            per_unit_ms: per_unit_ms + network_ms / units.max(1.0),
+            per_record: matches!(name, "filter" | "count"),
+            memory_mb: cost::memory_mb(name),
+        });
+    }
+    let per = |n: u64| n as f64 / partitions as f64;
+    Ok(Profile {
+        source: format!(
+            "calibrated: wordcount of {MESSAGES} messages on the embedded engine ({} invocations), plus modelled API round trips",
+            run.records.len()
+        ),
+        partition_size: PARTITION_SIZE,
+        stages,
+        per_partition: PerPartition {
+            sqs_requests: per(usage.sqs_requests),
+            dynamodb_write_units: per(usage.dynamodb_write_units),
+            dynamodb_read_units: per(usage.dynamodb_read_units),
+            s3_write_requests: per(usage.s3_write_requests),
+            s3_read_requests: per(usage.s3_read_requests),
+        },
+    })
+}
+
+/// Least squares `y = a + b x`, both clamped at 0; with one distinct x, all of y is per unit.
+fn fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx <= f64::EPSILON * n || mx <= 0.0 {
+        return (0.0, if mx > 0.0 { my / mx } else { 0.0 });
+    }
+    let b = (sxy / sxx).max(0.0);
+    let a = my - b * mx;
+    if a < 0.0 {
+        (0.0, my / mx)
+    } else {
+        (a, b)
+    }
+}
+
+fn write_timeline(out: &Output, plan: &Plan, policy: &Policy, report: &Report) -> Result<()> {
+    let stem = format!(
+        "simulate-{}-{}",
+        plan.name,
+        policy.to_string().replace([':', ',', '='], "-")
+    );
+    let rows: Vec<Vec<String>> = report
+        .timeline
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{:.3}", p.t),
+                p.stage.clone(),
+                p.concurrency.to_string(),
+                p.backlog.to_string(),
+                p.reserved.map(|r| r.to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.csv(
+        &stem,
+        &["t_s", "stage", "concurrency", "backlog", "reserved"],
+        &rows,
+    )?;
+    let mut concurrency: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut backlog: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in &report.timeline {
+        concurrency
+            .entry(&p.stage)
+            .or_default()
+            .push((p.t, f64::from(p.concurrency)));
+        backlog
+            .entry(&p.stage)
+            .or_default()
+            .push((p.t, p.backlog as f64));
+    }
+    let chart = |title: String, y: &str, data: BTreeMap<&str, Vec<(f64, f64)>>, scale| Chart {
+        title,
+        x_label: "simulated time, s".into(),
+        y_label: y.into(),
+        x_scale: Scale::Linear,
+        y_scale: scale,
+        series: data
+            .into_iter()
+            .map(|(stage, points)| series(stage, points, Style::Steps))
+            .collect(),
+        references: vec![],
+    };
+    let what = format!(
+        "{} × {} messages, {policy} (simulated AWS)",
+        plan.jobs, plan.messages
+    );
+    out.plot(
+        &chart(
+            format!("Concurrent invocations per stage, {what}"),
+            "concurrent invocations",
+            concurrency,
+            Scale::Linear,
+        ),
+        &format!("{stem}-concurrency"),
+    )?;
+    out.plot(
+        &chart(
+            format!("Queue backlog per stage, {what}"),
+            "messages visible or in flight",
+            backlog,
+            Scale::Linear,
+        ),
+        &format!("{stem}-backlog"),
+    )?;
+    Ok(())
+}
+
+fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Report, f64)]) {
+    if out.json {
+        let one = |(policy, report, wall_s): &(String, Report, f64)| -> Value {
+            let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("policy".into(), json!(policy));
+                o.insert("scenario".into(), json!(plan.name));
+                o.insert("wall_s".into(), json!(wall_s));
+                o.insert("profile".into(), json!(profile));
+            }
+            v
+        };
+        match reports {
+            [single] => println!("{}", one(single)),
+            many => println!("{}", Value::Array(many.iter().map(one).collect())),
+        }
+        return;
+    }
+    let header = [
+        "policy",
+        "jobs",
+        "job time",
+        "slowest job",
+        "paper",
+        "billed GB-s",
+        "Lambda requests",
+        "cost",
+        "max reserved",
+        "throttles",
+        "wall",
+    ];
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|(policy, r, wall_s)| {
+            let slowest = r
+                .jobs
+                .iter()
+                .filter_map(|j| j.job_time_s)
+                .fold(0.0, f64::max);
+            vec![
+                policy.clone(),
+                format!(
+                    "{}/{}",
+                    r.jobs.len() as u64 - r.checks.unfinished_jobs,
+                    r.jobs.len()
+                ),
+                fmt_s(r.job_time_s),
+                fmt_s(slowest),
+                plan.paper_s
+                    .get(policy)
+                    .map(|s| fmt_s(*s))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{:.1}", r.billed_gb_s),
+                r.requests.lambda.to_string(),
+                format!("${:.4}", r.cost_usd),
+                r.checks.max_reserved_total.to_string(),
+                r.checks.throttles.to_string(),
+                fmt_s(*wall_s),
+            ]
+        })
+        .collect();
+    out.report(
+        &format!(
+            "simulate {}: {} × {} messages in partitions of {} ({})",
+            plan.name, plan.jobs, plan.messages, plan.partition_size, profile.source
+        ),
+        &header,
+        &rows,
+        Value::Null,
+    );
+}
