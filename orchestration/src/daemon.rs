@@ -895,7 +895,8 @@ impl Fenced {
     }
 
     async fn apply_policy(&mut self, flow: &Flow) -> Result<(), DaemonError> {
-        let decision = self.rec.policy.decide(&self.observation(flow, true).await?);
+        let observation = self.observation(flow, true).await?;
+        let decision = self.rec.policy.decide(&observation);
         let decision = self.reserve(decision).await?;
         let previous: Vec<Option<Levers>> = self.rec.stages.iter().map(|s| s.levers).collect();
         let mut stages = self.rec.stages.clone();
@@ -928,6 +929,11 @@ impl Fenced {
                 self.rec.attempt,
                 &self.stage_functions(),
                 &keep,
+                &observation
+                    .stages
+                    .iter()
+                    .map(|s| s.counts.in_flight)
+                    .collect::<Vec<_>>(),
             )
             .await?;
         }

@@ -173,11 +173,12 @@ pub mod assume {
 /// - **Work.** A stage still has to handle every unfinished partition that is not already
 ///   queued past it: `W = remaining − Σ backlog of later stages`.
 /// - **Time.** With a target, the horizon is what is left of it. Without one, it is twice
-///   the fastest possible drain (every stage at MaximumConcurrency 1,000), never under
-///   [`assume::MIN_HORIZON_S`]: the least cost within 2× the fastest time.
+///   the fastest possible drain (every stage at MaximumConcurrency 1,000, ramping up as
+///   AWS's pollers do), never under [`assume::MIN_HORIZON_S`]: the least cost within 2×
+///   the fastest time.
 /// - **Concurrency** is the least that drains `W` within the horizon at the stage's
-///   measured throughput: `ceil(W / (throughput × horizon))`, within 2–1,000. A stage
-///   with work is never below 2.
+///   measured throughput, counting the pollers' ramp from the job's start ([`capacity`]);
+///   within 2–1,000. A stage with work is never below 2.
 /// - **Batch size.** Cost falls with fewer, longer invocations, so each slot's share of
 ///   `W` is cut into [`assume::ROUNDS`] batches (up to 10,000, and no longer than
 ///   [`assume::MAX_INVOCATION_S`]). A cost cap grows batches further until the modelled
@@ -215,16 +216,16 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
             .filter(|t| *t > 0.0)
             .unwrap_or(assume::THROUGHPUT)
     };
-    let max = f64::from(limits::MAX_MAX_CONCURRENCY);
+    let elapsed = obs.elapsed_s.max(0.0);
     let horizon = match goal.target_s {
-        Some(target) => f64::from(target) - obs.elapsed_s,
+        Some(target) => f64::from(target) - elapsed,
         None => {
             let fastest = obs
                 .stages
                 .iter()
                 .zip(&work)
                 .filter(|(s, _)| !s.is_source)
-                .map(|(s, w)| *w as f64 / (max * throughput(s)))
+                .map(|(s, w)| fastest_drain(*w as f64, throughput(s), elapsed))
                 .fold(0.0, f64::max);
             2.0 * fastest
         }
@@ -240,10 +241,7 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                 return StagePlan::Source(s.backlog());
             }
             let rate = throughput(s);
-            let concurrency = ((*w as f64 / (rate * horizon)).ceil() as u64).clamp(
-                u64::from(limits::MIN_MAX_CONCURRENCY),
-                u64::from(limits::MAX_MAX_CONCURRENCY),
-            );
+            let concurrency = u64::from(least_slots(*w as f64, rate, elapsed, horizon));
             let per_slot = w.div_ceil(concurrency);
             let longest = ((rate * assume::MAX_INVOCATION_S) as u64).max(1);
             let batch_cap = longest.min(u64::from(limits::MAX_BATCH_SIZE)).max(1);
@@ -314,6 +312,59 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
             }
         })
         .collect()
+}
+
+/// Messages `slots` concurrent invocations handling `rate` each per second get through
+/// between `from` and `to` seconds after the job started, while the mapping's pollers ramp
+/// up (5 at first, +5 a second: `limits::ESM_*`).
+pub fn capacity(slots: f64, rate: f64, from: f64, to: f64) -> f64 {
+    if to <= from {
+        return 0.0;
+    }
+    let (start, ramp) = (limits::ESM_START_BATCHES, limits::ESM_RAMP_PER_S);
+    // The ramp reaches `slots` at `full`; before, it is the limit.
+    let full = ((slots - start) / ramp).max(0.0);
+    let ramp_area = |a: f64, b: f64| start * (b - a) + ramp / 2.0 * (b * b - a * a);
+    let ramped = if from < full {
+        ramp_area(from, to.min(full))
+    } else {
+        0.0
+    };
+    let flat = slots * (to - from.max(full)).max(0.0);
+    rate * (ramped + flat)
+}
+
+/// The least MaximumConcurrency (2–1,000) that gets `work` through within `horizon`
+/// seconds from `elapsed`, or 1,000 if none does.
+fn least_slots(work: f64, rate: f64, elapsed: f64, horizon: f64) -> u32 {
+    let (mut lo, mut hi) = (limits::MIN_MAX_CONCURRENCY, limits::MAX_MAX_CONCURRENCY);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if capacity(f64::from(mid), rate, elapsed, elapsed + horizon) >= work {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// The least time in which 1,000 concurrent invocations, ramping up, get `work` through.
+fn fastest_drain(work: f64, rate: f64, elapsed: f64) -> f64 {
+    let slots = f64::from(limits::MAX_MAX_CONCURRENCY);
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while capacity(slots, rate, elapsed, elapsed + hi) < work && hi < 1e12 {
+        hi *= 2.0;
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if capacity(slots, rate, elapsed, elapsed + mid) >= work {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 /// Levers for a stage whose slots have at most 10 messages each: batches of that size
@@ -596,18 +647,20 @@ mod tests {
                 vec![(2, 1, 0), (2, 10, 0), (2, 10, 0), (2, 10, 0)],
             ),
             (
-                // Fastest: 10^6 / (1,000 × 100/s) = 10 s; twice that is 20 s, so
-                // 10^6 / (100 × 20) = 500 slots of 2,000, in 4 rounds of 500.
-                "10^6 partitions, no target: half the fastest concurrency, big batches",
+                // Fastest: 1,000 slots ramping from 5 by 5/s at 100/s each drain 10^6 in
+                // 62 s; within twice that (124.5 s), 86 slots do (full from 16 s on):
+                // 86 slots of 11,628, in 4 rounds of 2,907.
+                "10^6 partitions, no target: the least within twice the fastest",
                 "backlog",
                 million.clone(),
-                vec![(2, 1, 0), (500, 500, 1), (500, 500, 1), (500, 500, 1)],
+                vec![(2, 1, 0), (86, 2_907, 1), (86, 2_907, 1), (86, 2_907, 1)],
             ),
             (
-                "a 100 s target needs 100 slots of 10,000",
+                // 100 slots would do at once; the ramp's first 19 s ask for 12 more.
+                "a 100 s target needs 112 slots, counting the ramp",
                 "backlog:target=100",
                 million.clone(),
-                vec![(2, 1, 0), (100, 2_500, 1), (100, 2_500, 1), (100, 2_500, 1)],
+                vec![(2, 1, 0), (112, 2_233, 1), (112, 2_233, 1), (112, 2_233, 1)],
             ),
             (
                 "a missed target runs as fast as AWS allows",
@@ -616,8 +669,8 @@ mod tests {
                 vec![(2, 1, 0), (1_000, 250, 1), (1_000, 250, 1), (1_000, 250, 1)],
             ),
             (
-                // At 1,000 partitions/s per slot, 100 s is 10 slots of 100,000; a batch
-                // is capped at 10,000.
+                // At 1,000 partitions/s per slot, 100 s is 10 slots of 100,000 (11 with
+                // the ramp's first second); a batch is capped at 10,000.
                 "measured throughput needs fewer slots",
                 "backlog:target=100",
                 with(million.clone(), |o| {
@@ -625,7 +678,7 @@ mod tests {
                         s.throughput = Some(1_000.0);
                     }
                 }),
-                vec![(2, 1, 0), (10, 10_000, 1), (10, 10_000, 1), (10, 10_000, 1)],
+                vec![(2, 1, 0), (11, 10_000, 1), (11, 10_000, 1), (11, 10_000, 1)],
             ),
             (
                 "work ahead of a stage excludes what is queued past it",
@@ -643,7 +696,7 @@ mod tests {
                 "feed tasks run in parallel",
                 "backlog",
                 with(million.clone(), |o| o.stages[0].counts.visible = 256),
-                vec![(256, 1, 0), (500, 500, 1), (500, 500, 1), (500, 500, 1)],
+                vec![(256, 1, 0), (86, 2_907, 1), (86, 2_907, 1), (86, 2_907, 1)],
             ),
             (
                 "the tail: batches of at most 10, invoked at once",
@@ -655,6 +708,17 @@ mod tests {
         for (why, policy, obs, expected) in cases {
             assert_eq!(levers(policy, &obs), expected, "{why}");
         }
+    }
+
+    #[test]
+    fn capacity_follows_the_ramp() {
+        // 5 slots at first, +5 a second: over the first 2 s, 5×2 + 2.5×4 = 20 slot-seconds.
+        assert!((capacity(1_000.0, 1.0, 0.0, 2.0) - 20.0).abs() < 1e-9);
+        // Capped at the slots once the ramp passes them (10 slots at t = 1 s).
+        assert!((capacity(10.0, 1.0, 0.0, 3.0) - (7.5 + 20.0)).abs() < 1e-9);
+        // Long after the start the ramp is done.
+        assert!((capacity(10.0, 2.0, 1_000.0, 1_010.0) - 200.0).abs() < 1e-9);
+        assert_eq!(capacity(10.0, 1.0, 5.0, 5.0), 0.0);
     }
 
     #[test]
@@ -848,20 +912,27 @@ mod tests {
                 let goal = Goal { target_s: Some(target), max_cost_microusd: None };
                 let Some(total) = obs.total_partitions else { return Ok(()) };
                 let remaining = total.saturating_sub(obs.finished_partitions);
-                let horizon = (f64::from(target) - obs.elapsed_s).max(assume::MIN_HORIZON_S);
+                let horizon = (f64::from(target) - obs.elapsed_s.max(0.0)).max(assume::MIN_HORIZON_S);
                 let levers = backlog(&goal, &obs);
                 let mut queued_later = 0u64;
                 for (l, s) in levers.iter().zip(&obs.stages).skip(1).rev() {
                     let work = remaining.saturating_sub(queued_later);
                     queued_later += s.backlog();
                     let rate = s.throughput.filter(|t| *t > 0.0).unwrap_or(assume::THROUGHPUT);
-                    let capacity = f64::from(l.max_concurrency) * rate * horizon;
+                    let elapsed = obs.elapsed_s.max(0.0);
+                    let can = |slots: u32| {
+                        capacity(f64::from(slots), rate, elapsed, elapsed + horizon)
+                    };
                     prop_assert!(
-                        capacity >= work as f64 * 0.999_999
+                        can(l.max_concurrency) >= work as f64 * 0.999_999
                             || l.max_concurrency == limits::MAX_MAX_CONCURRENCY,
                         "{} slots at {}/s over {} s cannot do {}",
                         l.max_concurrency, rate, horizon, work
                     );
+                    // The least that does: one slot fewer could not.
+                    if l.max_concurrency > limits::MIN_MAX_CONCURRENCY {
+                        prop_assert!(can(l.max_concurrency - 1) < work as f64 * 1.000_001);
+                    }
                 }
             }
         }

@@ -417,6 +417,11 @@ pub mod limits {
     pub const MAX_BATCHING_WINDOW_SECS: u32 = 300;
     /// BatchSize above this needs a batching window of at least 1 s.
     pub const MAX_BATCH_SIZE_WITHOUT_WINDOW: u32 = 10;
+    /// An SQS mapping's scaling (AWS-FACTS.md, "default scaling"): it starts at 5
+    /// concurrent batches, adds up to 300 a minute, and runs at most 1,250 invokes.
+    pub const ESM_START_BATCHES: f64 = 5.0;
+    pub const ESM_RAMP_PER_S: f64 = 300.0 / 60.0;
+    pub const ESM_MAX_INVOKES: u32 = 1_250;
 }
 
 impl MappingConfig {

@@ -12,15 +12,18 @@
 //! conditional on the versions read, so concurrent daemons never overwrite each other and
 //! the grants never add up to more than the budget. The rules:
 //!
-//! - **Admission.** A new attempt takes a ticket. It is admitted when its ticket is served
-//!   and the budget has room for the least grant (2, the ESM minimum, per function it
-//!   needs); until then its mappings stay disabled. Tickets are served in order, so no job
-//!   starves: running jobs finish and give their grants back.
+//! - **Admission.** A new attempt takes a ticket. It is admitted when the budget has room
+//!   for its least grant (2, the ESM minimum, per function it needs) *and* for the least
+//!   grants of every ticket before it still waiting; until then its mappings stay
+//!   disabled. So no job starves (running jobs finish and give their grants back, and
+//!   room is kept for earlier tickets), and no job waits for an earlier one's tick while
+//!   there is room for both.
 //! - **Growth.** An admitted job grows towards its need only while no one is waiting, so a
 //!   large job never keeps a later one out for longer than its own tail.
 //! - **Shrinking** is the job's own: it lowers its mappings first, then its grants
-//!   ([`release_to`]), so a mapping never runs above its function's reservation (throttled
-//!   receives would burn receive counts and push messages to the DLQ).
+//!   ([`release_to`]), never below what the previous levers or the messages in flight may
+//!   still run, so a function never runs above its reservation (throttled receives would
+//!   burn receive counts and push messages to the DLQ).
 //! - **Applying.** A function's setting is written from the state item, then the state is
 //!   read again; if it moved meanwhile the newer sum is written. Whoever changed the state
 //!   last also writes last, so the settings converge to the state.
@@ -60,7 +63,12 @@ pub type PerFunction = BTreeMap<String, u32>;
 pub struct State {
     pub granted: PerFunction,
     pub next_ticket: u64,
+    /// The lowest ticket not yet admitted (or skipped).
     pub serving: u64,
+    /// Tickets above `serving` already admitted: a later ticket may go first when the
+    /// budget has room for everyone before it as well.
+    #[serde(default)]
+    pub ahead: Vec<u64>,
 }
 
 impl State {
@@ -70,9 +78,34 @@ impl State {
 
     /// Whether anyone holds a ticket that is not yet served.
     pub fn waiting(&self) -> bool {
-        self.serving < self.next_ticket
+        self.next_ticket - self.serving > self.ahead.len() as u64
+    }
+
+    /// Tickets before `ticket` still waiting.
+    fn waiting_before(&self, ticket: u64) -> u64 {
+        let admitted = self.ahead.iter().filter(|t| **t < ticket).count() as u64;
+        ticket.saturating_sub(self.serving).saturating_sub(admitted)
+    }
+
+    /// `ticket` is admitted or leaves the line: the line moves past it, and past the
+    /// tickets after it that went first.
+    fn served(&mut self, ticket: u64) {
+        if ticket == self.serving {
+            self.serving += 1;
+            while let Some(i) = self.ahead.iter().position(|t| *t == self.serving) {
+                self.ahead.swap_remove(i);
+                self.serving += 1;
+            }
+        } else if ticket > self.serving && !self.ahead.contains(&ticket) {
+            self.ahead.push(ticket);
+        }
     }
 }
+
+/// The most any job's least grant can be (2 on each stage function): what the line keeps
+/// free for each ticket still waiting before a later one that goes first.
+const LEAST_PER_JOB: u64 =
+    limits::MIN_MAX_CONCURRENCY as u64 * Function::STAGE_FUNCTIONS.len() as u64;
 
 /// One job attempt's place in the budget.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,7 +244,8 @@ pub async fn acquire(
                 // Tickets before ours whose jobs ended while waiting are skipped.
                 let skipped = ticket_key(st.serving);
                 if svc.store.get(&skipped).await?.is_some() {
-                    st.serving += 1;
+                    let serving = st.serving;
+                    st.served(serving);
                     let delete = TxOp::Delete {
                         key: skipped,
                         condition: Condition::Exists,
@@ -219,22 +253,23 @@ pub async fn acquire(
                     commit(svc, (&st, st_version), None, vec![delete]).await?;
                     continue;
                 }
-                return Ok((before, false));
             }
-            // The least an admitted job holds of each function: the ESM minimum.
+            // The least an admitted job holds of each function: the ESM minimum. It may
+            // go before earlier tickets only if their least grants still fit after it.
             let least: PerFunction = need
                 .keys()
                 .map(|f| (f.clone(), limits::MIN_MAX_CONCURRENCY))
                 .collect();
             let least_total: u64 = least.values().map(|n| u64::from(*n)).sum();
-            if st.total() + least_total > u64::from(budget) {
+            let earlier = st.waiting_before(own.ticket) * LEAST_PER_JOB;
+            if st.total() + least_total + earlier > u64::from(budget) {
                 return Ok((before, false));
             }
             for (f, n) in &least {
                 *st.granted.entry(f.clone()).or_default() += n;
             }
             own.granted = least;
-            st.serving = st.serving.max(own.ticket + 1);
+            st.served(own.ticket);
         }
         if !st.waiting() {
             let mut room = u64::from(budget).saturating_sub(st.total());
@@ -271,12 +306,14 @@ pub async fn acquire(
 }
 
 /// Lowers this attempt's grants to `keep` where they are above it (call after lowering its
-/// mappings). Returns whether anything was released.
+/// mappings), but not below `busy`: messages in flight on the function's stages, which
+/// bound the invocations still running. Returns whether anything was released.
 pub async fn release_to(
     svc: &Services,
     job: &str,
     attempt: u32,
     keep: &PerFunction,
+    busy: &PerFunction,
 ) -> Result<bool, ReserveError> {
     let key = grant_key(job, attempt);
     for _ in 0..RETRIES {
@@ -286,7 +323,10 @@ pub async fn release_to(
         };
         let mut changed = false;
         for (f, held) in own.granted.iter_mut() {
-            let target = keep.get(f).copied().unwrap_or(0).min(*held);
+            // Never below what may still be running: each running invocation holds at
+            // least one message in flight, and none started above the grant.
+            let running = busy.get(f).copied().unwrap_or(0).min(*held);
+            let target = keep.get(f).copied().unwrap_or(0).max(running).min(*held);
             if target < *held {
                 let sum = st.granted.entry(f.clone()).or_default();
                 *sum = sum.saturating_sub(*held - target);
@@ -345,7 +385,7 @@ pub async fn release(svc: &Services, job: &str, attempt: u32) -> Result<bool, Re
         let mut extra = Vec::new();
         if !own.admitted() {
             if own.ticket == st.serving {
-                st.serving += 1;
+                st.served(own.ticket);
             } else if own.ticket > st.serving {
                 extra.push(TxOp::Put {
                     key: ticket_key(own.ticket),
@@ -422,16 +462,23 @@ pub async fn steer(
     Ok(())
 }
 
-/// After the mappings changed: gives back grants above what the applied levers use, and
-/// lowers the functions' settings to match.
+/// After the mappings changed: gives back grants above what the applied levers use and
+/// what may still run (`in_flight[i]`: messages in flight on stage `i`), and lowers the
+/// functions' settings to match.
 pub async fn settle(
     svc: &Services,
     job: &str,
     attempt: u32,
     functions: &[Function],
     levers: &[Levers],
+    in_flight: &[u64],
 ) -> Result<(), ReserveError> {
-    if release_to(svc, job, attempt, &per_function(functions, levers)).await? {
+    let mut busy = PerFunction::new();
+    for (f, n) in functions.iter().zip(in_flight) {
+        let sum = busy.entry(f.as_str().to_owned()).or_default();
+        *sum = sum.saturating_add(u32::try_from(*n).unwrap_or(u32::MAX));
+    }
+    if release_to(svc, job, attempt, &per_function(functions, levers), &busy).await? {
         apply(svc, &distinct(functions)).await?;
     }
     Ok(())
@@ -566,10 +613,17 @@ mod tests {
             .await
             .unwrap();
         assert!(d.is_empty());
-        // b cannot grow while c and d wait, though a gives some back.
-        release_to(&svc, "a", 1, &need(&[("count", 4), ("reduce", 4)]))
-            .await
-            .unwrap();
+        // b cannot grow while c and d wait, though a gives some back: down to 4, except
+        // that 6 of its count messages are still in flight.
+        release_to(
+            &svc,
+            "a",
+            1,
+            &need(&[("count", 4), ("reduce", 4)]),
+            &need(&[("count", 6)]),
+        )
+        .await
+        .unwrap();
         let (b, changed) = acquire(&svc, "b", 1, &big, 20).await.unwrap();
         assert!(!changed);
         assert_eq!(b, need(&[("count", 2), ("reduce", 2)]));
@@ -581,16 +635,42 @@ mod tests {
         let (c, _) = acquire(&svc, "c", 1, &big, 20).await.unwrap();
         assert_eq!(c, need(&[("count", 2), ("reduce", 2)]));
         let (st, _) = state(&svc).await.unwrap();
-        assert_eq!(st.total(), 16);
-        assert!(st.total() <= 20);
-        // d fits in the last 4... of which it needs 2; nobody waits after it, so it grows.
+        assert_eq!(st.total(), 18);
+        // d fits in the last 2; nobody waits after it, and it needs no more.
         let (d, _) = acquire(&svc, "d", 1, &need(&[("count", 2)]), 20)
             .await
             .unwrap();
         assert_eq!(d, need(&[("count", 2)]));
         let (st, _) = state(&svc).await.unwrap();
-        assert_eq!(st.granted, need(&[("count", 10), ("reduce", 8)]));
+        assert_eq!(st.granted, need(&[("count", 12), ("reduce", 8)]));
+        assert_eq!(st.total(), 20);
         assert!(!st.waiting());
+    }
+
+    #[tokio::test]
+    async fn a_later_ticket_goes_first_only_with_room_for_the_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path());
+        let n = need(&[("count", 2), ("reduce", 2)]);
+        acquire(&svc, "a", 1, &need(&[("count", 22)]), 24)
+            .await
+            .unwrap();
+        // b and c wait: a holds 22 of 24.
+        assert!(acquire(&svc, "b", 1, &n, 24).await.unwrap().0.is_empty());
+        assert!(acquire(&svc, "c", 1, &n, 24).await.unwrap().0.is_empty());
+        release_to(&svc, "a", 1, &need(&[("count", 12)]), &PerFunction::new())
+            .await
+            .unwrap();
+        // 12 free: c (4) may go before b, keeping 8 for b.
+        assert_eq!(acquire(&svc, "c", 1, &n, 24).await.unwrap().0, n);
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!((st.serving, st.ahead.clone()), (1, vec![2]));
+        // A fourth ticket finds only 8 free, all kept for b.
+        assert!(acquire(&svc, "d", 1, &n, 24).await.unwrap().0.is_empty());
+        // b is admitted; the line moves past b and c.
+        assert_eq!(acquire(&svc, "b", 1, &n, 24).await.unwrap().0, n);
+        let (st, _) = state(&svc).await.unwrap();
+        assert_eq!((st.serving, st.ahead.len(), st.total()), (3, 0, 20));
     }
 
     #[tokio::test]

@@ -39,13 +39,12 @@ use crate::status::NoTelemetry;
 
 /// The model's constants, each with where it comes from.
 pub mod model {
-    /// An event-source mapping starts with 5 concurrent batches (AWS-FACTS.md, "default
-    /// scaling").
-    pub const ESM_START: f64 = 5.0;
-    /// ... and adds up to 300 concurrent batches per minute (AWS-FACTS.md).
-    pub const ESM_RAMP_PER_S: f64 = 300.0 / 60.0;
-    /// ... up to 1,250 concurrent invokes (AWS-FACTS.md).
-    pub const ESM_MAX: u32 = 1_250;
+    use crate::ports::limits;
+    /// An event-source mapping starts with 5 concurrent batches, adds up to 300 per
+    /// minute, and runs up to 1,250 concurrent invokes (AWS-FACTS.md, "default scaling").
+    pub const ESM_START: f64 = limits::ESM_START_BATCHES;
+    pub const ESM_RAMP_PER_S: f64 = limits::ESM_RAMP_PER_S;
+    pub const ESM_MAX: u32 = limits::ESM_MAX_INVOKES;
     /// Assumption: the pollers scale back to the start after a minute with nothing to read
     /// (AWS documents scaling down, not when).
     pub const ESM_IDLE_RESET_S: f64 = 60.0;
@@ -112,9 +111,9 @@ pub struct PerPartition {
 }
 
 impl Profile {
-    /// The word count's stages as measured by `sluice simulate --calibrate` on the
-    /// embedded engine (2 cores, release build, 100,000 messages in partitions of 100),
-    /// with the modelled round trips of the calls each made added per message.
+    /// The word count's stages as `sluice simulate`'s calibration measured them on the
+    /// embedded engine (our 2-core machine, release build, 100,000 messages in partitions
+    /// of 100), with the modelled round trips of the calls each made added per message.
     pub fn wordcount() -> Self {
         let stage = |name: &str, fixed_ms, per_unit_ms| StageProfile {
             name: name.into(),
@@ -346,6 +345,8 @@ struct Job {
     started: Option<f64>,
     admitted: Option<f64>,
     done: Option<f64>,
+    /// When a pump is already scheduled for (batching windows, throttles, scaling).
+    wake_at: Option<f64>,
 }
 
 #[derive(Default)]
@@ -505,6 +506,7 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
             started: None,
             admitted: None,
             done: None,
+            wake_at: None,
             spec: spec.clone(),
         });
         world.schedule(spec.at_s, Event::Submit(i));
@@ -516,7 +518,8 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
 
 impl World {
     fn schedule(&mut self, at: f64, event: Event) {
-        let key = (at.max(self.now) * 1e6).round() as u64;
+        // Rounded up: when the event runs, `now >= at` holds exactly.
+        let key = (at.max(self.now) * 1e6).ceil() as u64;
         self.seq += 1;
         self.payloads.push(event);
         self.events
@@ -683,7 +686,12 @@ impl World {
         }
         if self.scenario.budget.is_some() {
             // Give back what neither the running nor the new levers use.
-            reserve::settle(&self.svc, &name, 1, &functions, &keep).await?;
+            let in_flight: Vec<u64> = self.jobs[j]
+                .stages
+                .iter()
+                .map(|s| s.queue.in_flight)
+                .collect();
+            reserve::settle(&self.svc, &name, 1, &functions, &keep, &in_flight).await?;
             self.refresh_reserved().await?;
         }
         self.charge_daemon(took_ms);
@@ -758,12 +766,24 @@ impl World {
         if self.jobs[j].done.is_some() {
             return;
         }
+        let mut wake: Option<f64> = None;
         for s in 0..self.jobs[j].stages.len() {
-            self.pump_stage(j, s);
+            if let Some(at) = self.pump_stage(j, s) {
+                wake = Some(wake.map_or(at, |w: f64| w.min(at)));
+            }
+        }
+        let Some(at) = wake else {
+            return;
+        };
+        let pending = self.jobs[j].wake_at.filter(|w| *w > self.now);
+        if pending.is_none_or(|w| at < w) {
+            self.jobs[j].wake_at = Some(at);
+            self.schedule(at, Event::Pump(j));
         }
     }
 
-    fn pump_stage(&mut self, j: usize, s: usize) {
+    /// Starts what one mapping may start now; returns when to look again, if it waits.
+    fn pump_stage(&mut self, j: usize, s: usize) -> Option<f64> {
         let now = self.now;
         let visibility = self.scenario.visibility.as_secs_f64();
         let max_receives = self.scenario.max_receive_count;
@@ -778,9 +798,7 @@ impl World {
             profile.per_unit_ms
         };
         let stage = &mut self.jobs[j].stages[s];
-        let Some(m) = stage.mapping.as_mut() else {
-            return;
-        };
+        let m = stage.mapping.as_mut()?;
         if let Some((at, levers)) = m.pending {
             if now >= at {
                 m.levers = levers;
@@ -799,7 +817,7 @@ impl World {
             }
         }
         if !m.levers.mapping_config().enabled {
-            return;
+            return None;
         }
         if q.visible_n == 0 && m.running == 0 && now - m.last_busy > model::ESM_IDLE_RESET_S {
             m.active_since = None;
@@ -895,14 +913,12 @@ impl World {
                 messages,
                 units,
             };
-            let key = (end * 1e6).round() as u64;
+            let key = (end * 1e6).ceil() as u64;
             self.payloads.push(event);
             self.events
                 .push(Reverse((key, self.seq, self.payloads.len() - 1)));
         }
-        if let Some(at) = wake {
-            self.schedule(at, Event::Pump(j));
-        }
+        wake
     }
 
     fn end(&mut self, j: usize, s: usize, messages: u64, units: u64) {
@@ -1154,6 +1170,7 @@ mod tests {
         scenario.account_concurrency = 3;
         scenario.visibility = Duration::from_secs(1);
         scenario.max_receive_count = 2;
+        scenario.horizon_s = 3_600.0;
         let report = simulate(scenario).await;
         assert!(report.checks.throttles > 0, "{:?}", report.checks);
         assert!(report.checks.max_account_concurrency <= 3);

@@ -6,8 +6,13 @@ use std::time::{Duration, Instant};
 use crate::support::{sluice, sluice_json};
 
 #[test]
-fn wordcount_2000_is_exact_with_both_policies() {
-    for policy in ["always-one", "static-proportional:150"] {
+fn wordcount_2000_is_exact_with_every_policy() {
+    for policy in [
+        "always-one",
+        "static-proportional:150",
+        "backlog",
+        "backlog:target=30",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (out, status) = sluice_json(
             dir.path(),

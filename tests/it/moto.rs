@@ -67,6 +67,7 @@ pub async fn sdk() -> SdkConfig {
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .retry_config(orchestration::aws::retry_config())
+        .timeout_config(orchestration::aws::timeout_config())
         .load()
         .await
 }

@@ -72,7 +72,7 @@ fn a_hundred_million_messages_stay_within_the_ramp_and_the_caps() {
         }
         peak = peak.max(c);
     }
-    assert!(peak > 50.0, "the mappings scaled: peak {peak}");
+    assert!(peak > 20.0, "the mappings scaled: peak {peak}");
     for plot in [
         "simulate-job-backlog-concurrency",
         "simulate-job-backlog-backlog",
