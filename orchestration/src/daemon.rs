@@ -312,6 +312,18 @@ impl Fenced {
         }
     }
 
+    /// Renews the lease once a slow tick has used half of it, so that a nudge cannot take
+    /// over a tick that is still working (under load one tick can outlast a short lease,
+    /// and two ticks that keep fencing each other never finish). A fast tick writes
+    /// nothing here.
+    async fn keep_lease(&mut self) -> Result<(), DaemonError> {
+        let half = self.svc.settings.lease_ttl.as_millis() as u64 / 2;
+        if self.svc.clock.now_ms() + half >= self.rec.lease.expires_ms {
+            self.update(|_| {}).await?;
+        }
+        Ok(())
+    }
+
     fn ledger(&self) -> Ledger<'_> {
         Ledger {
             store: self.svc.store.as_ref(),
@@ -358,12 +370,15 @@ impl Fenced {
         }
         self.provision(&flow).await?;
         crash.checkpoint()?;
+        self.keep_lease().await?;
         if !self.rec.planned {
             self.plan(&flow).await?;
             crash.checkpoint()?;
+            self.keep_lease().await?;
         }
         self.drain_dead_letters(&flow).await?;
         crash.checkpoint()?;
+        self.keep_lease().await?;
         if self.rec.planned {
             if let Some((reduced, dead)) = self.completion().await? {
                 return self.complete(&flow, reduced, dead).await;
@@ -1042,6 +1057,34 @@ mod tests {
             .record;
         assert!(!now.planned, "the zombie's write did not land");
         assert_eq!(now.lease.owner, "b");
+    }
+
+    #[tokio::test]
+    async fn a_slow_tick_renews_its_lease_and_a_fast_one_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+        let svc = services(dir.path(), clock.clone()).await;
+        let id = job(&svc).await;
+        let mut tick = holder(&svc, &id, "a").await; // lease until 1,002,000
+        let version = tick.version;
+        tick.keep_lease().await.unwrap();
+        assert_eq!(tick.version, version, "a fresh lease is not written");
+        // Half the 2 s lease gone: renewed for another 2 s from now.
+        clock.0.store(1_001_200, Ordering::SeqCst);
+        tick.keep_lease().await.unwrap();
+        assert!(tick.version > version);
+        let stored = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        assert_eq!(stored.lease.expires_ms, 1_003_200);
+        assert_eq!(stored.lease.owner, "a");
+        // Once someone else holds the lease, renewing fences this tick.
+        holder(&svc, &id, "b").await;
+        clock.0.store(1_002_500, Ordering::SeqCst);
+        let err = tick.keep_lease().await.unwrap_err();
+        assert!(matches!(err, DaemonError::Fenced), "{err}");
     }
 
     #[tokio::test]

@@ -339,24 +339,12 @@ pub async fn release_to(
         }
         own.granted.retain(|_, n| *n > 0);
         st.granted.retain(|_, n| *n > 0);
-        if own.granted.is_empty() {
-            // Gave everything back: no longer admitted, and not in the line either.
-            if commit(
-                svc,
-                (&st, st_version),
-                Some((&key, None, own_version)),
-                Vec::new(),
-            )
-            .await?
-            {
-                return Ok(true);
-            }
-            continue;
-        }
+        // Nothing kept: the item goes, so the job is neither admitted nor in the line.
+        let kept = (!own.granted.is_empty()).then_some(&own);
         if commit(
             svc,
             (&st, st_version),
-            Some((&key, Some(&own), own_version)),
+            Some((&key, kept, own_version)),
             Vec::new(),
         )
         .await?

@@ -31,9 +31,9 @@ pub enum Experiment {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "always-one,static-proportional:150"
+            default_value = "always-one,static-proportional:150,backlog"
         )]
-        policies: Vec<Policy>,
+        policies: Vec<String>,
         /// Whole-process runs of `sluice run wordcount --messages 2000` to time.
         #[arg(long, default_value_t = 5)]
         process_runs: usize,
@@ -93,7 +93,10 @@ pub async fn run(experiment: Experiment, out: &Output) -> Result<i32> {
             sizes,
             policies,
             process_runs,
-        } => job_size(&sizes, &policies, process_runs, out).await,
+        } => {
+            let policies = super::simulate::parse_policies(&policies)?;
+            job_size(&sizes, &policies, process_runs, out).await
+        }
         Experiment::Concurrency { jobs, messages } => concurrency(&jobs, messages, out).await,
         Experiment::Caching { requests, messages } => caching(requests, messages, out).await,
         Experiment::Automation { messages, policy } => automation(messages, policy, out).await,

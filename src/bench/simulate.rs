@@ -34,11 +34,13 @@ pub struct SimulateArgs {
     /// Messages of the job (each job, with --jobs).
     #[arg(long, default_value_t = 2_000)]
     messages: u64,
+    /// Messages (lines, tweets) per partition: one SQS message each.
     #[arg(long, default_value_t = 100)]
     partition_size: u64,
-    /// Policies to compare, comma-separated (each runs the whole scenario).
+    /// Policies to compare, comma-separated (each runs the whole scenario): always-one,
+    /// static-proportional:M, backlog, backlog:target=SECONDS,max-cost=USD.
     #[arg(long, value_delimiter = ',')]
-    policy: Vec<Policy>,
+    policy: Vec<String>,
     /// Jobs submitted together, spread evenly over --spread-s seconds.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -72,13 +74,13 @@ struct Plan {
 
 fn plan(args: &SimulateArgs) -> Result<Plan> {
     let policies = |default: &[&str]| -> Result<Vec<Policy>> {
-        if !args.policy.is_empty() {
-            return Ok(args.policy.clone());
+        if args.policy.is_empty() {
+            return default
+                .iter()
+                .map(|p| p.parse().map_err(anyhow::Error::from))
+                .collect();
         }
-        default
-            .iter()
-            .map(|p| p.parse().map_err(anyhow::Error::from))
-            .collect()
+        parse_policies(&args.policy)
     };
     Ok(match args.scenario {
         Some(Preset::Paper) => Plan {
@@ -124,6 +126,25 @@ fn plan(args: &SimulateArgs) -> Result<Plan> {
             paper_s: BTreeMap::new(),
         },
     })
+}
+
+/// Policies from the comma-separated list, where a goal's own parts (`backlog:target=60,
+/// max-cost=0.5`) belong to the policy before them.
+pub(super) fn parse_policies(pieces: &[String]) -> Result<Vec<Policy>> {
+    let mut merged: Vec<String> = Vec::new();
+    for piece in pieces {
+        match merged.last_mut() {
+            Some(last) if piece.contains('=') && !piece.contains(':') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => merged.push(piece.clone()),
+        }
+    }
+    merged
+        .iter()
+        .map(|p| p.parse().map_err(anyhow::Error::from))
+        .collect()
 }
 
 pub async fn run(args: SimulateArgs) -> Result<i32> {
@@ -429,4 +450,42 @@ fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Repor
         &rows,
         Value::Null,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_goal_with_both_parts_stays_one_policy() {
+        let pieces: Vec<String> =
+            "always-one,backlog:target=60,max-cost=0.5,static-proportional:150"
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+        let policies: Vec<String> = parse_policies(&pieces)
+            .unwrap()
+            .iter()
+            .map(Policy::to_string)
+            .collect();
+        assert_eq!(
+            policies,
+            [
+                "always-one",
+                "backlog:target=60,max-cost=0.5",
+                "static-proportional:150"
+            ]
+        );
+        assert!(parse_policies(&["max-cost=1".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn the_fit_separates_fixed_and_per_unit_time() {
+        let (a, b) = fit(&[(1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]);
+        assert!((a - 1.0).abs() < 1e-9 && (b - 2.0).abs() < 1e-9, "{a} {b}");
+        // One batch size only: all of it is per unit.
+        assert_eq!(fit(&[(10.0, 5.0), (10.0, 7.0)]), (0.0, 0.6));
+        // A negative intercept is clamped: the line through the origin and the mean.
+        assert_eq!(fit(&[(1.0, 0.0), (3.0, 4.0)]), (0.0, 1.0));
+    }
 }
