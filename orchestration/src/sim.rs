@@ -144,6 +144,41 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// fire-tweets' stages as `sluice simulate --job fire-tweets` calibrated them on our
+    /// 2-core machine: a generated day of 40,000 tweets in 256 KiB partitions of about 193
+    /// tweets. The feed reads each range and sends it on claim-checked, and on the
+    /// embedded engine it is slow (0.6 s a partition, mostly file writes): a measured
+    /// figure, kept as measured.
+    pub fn fire_tweets() -> Self {
+        let stage = |name: &str, function: &str, fixed_ms, per_unit_ms| StageProfile {
+            name: name.into(),
+            function: function.into(),
+            is_source: name == "feed",
+            fixed_ms,
+            per_unit_ms,
+            per_record: name == "match",
+            memory_mb: cost::memory_mb(function),
+        };
+        Self {
+            source: "built-in: fire-tweets as calibrated on the embedded engine".into(),
+            partition_size: 193,
+            stages: vec![
+                stage("feed", "feed", 0.0, 592.0),
+                stage("match", "count", 0.0, 34.9),
+                stage("reduce", "reduce", 0.16, 3.5),
+            ],
+            per_partition: PerPartition {
+                sqs_requests: 3.96,
+                dynamodb_write_units: 2.37,
+                dynamodb_read_units: 3.13,
+                s3_write_requests: 0.98,
+                s3_read_requests: 2.92,
+            },
+        }
+    }
+}
+
 /// A job in a scenario.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {

@@ -20,7 +20,7 @@ use crate::plot::{Chart, Scale, Style};
 pub enum Preset {
     /// The paper's 2,000 messages, beside its measured times.
     Paper,
-    /// 10^9 messages in partitions of 1,000 (a year of tweets).
+    /// 10^9 messages in partitions of 1,000 (a year of tweets, at the word count's costs).
     Billion,
     /// 1,000 jobs of 100,000 messages submitted within 10 s, sharing one account.
     Thousand,
@@ -34,9 +34,13 @@ pub struct SimulateArgs {
     /// Messages of the job (each job, with --jobs).
     #[arg(long, default_value_t = 2_000)]
     messages: u64,
-    /// Messages (lines, tweets) per partition: one SQS message each.
-    #[arg(long, default_value_t = 100)]
-    partition_size: u64,
+    /// Messages (lines, tweets) per partition: one SQS message each (default: the
+    /// calibrated job's).
+    #[arg(long)]
+    partition_size: Option<u64>,
+    /// The job type whose stages are calibrated and modelled.
+    #[arg(long, value_enum, default_value = "wordcount")]
+    job: Workload,
     /// Policies to compare, comma-separated (each runs the whole scenario): always-one,
     /// static-proportional:M, backlog, backlog:target=SECONDS,max-cost=USD.
     #[arg(long, value_delimiter = ',')]
@@ -66,7 +70,8 @@ struct Plan {
     jobs: usize,
     spread_s: f64,
     messages: u64,
-    partition_size: u64,
+    partition_size: Option<u64>,
+    workload: Workload,
     policies: Vec<Policy>,
     /// The paper's measured job time per policy, where it has one.
     paper_s: BTreeMap<String, f64>,
@@ -88,7 +93,8 @@ fn plan(args: &SimulateArgs) -> Result<Plan> {
             jobs: 1,
             spread_s: 0.0,
             messages: 2_000,
-            partition_size: 100,
+            partition_size: Some(100),
+            workload: Workload::Wordcount,
             policies: policies(&["always-one", "static-proportional:150", "backlog"])?,
             paper_s: BTreeMap::from([
                 ("always-one".to_owned(), paper::ALWAYS_ONE_JOB_S),
@@ -103,7 +109,8 @@ fn plan(args: &SimulateArgs) -> Result<Plan> {
             jobs: 1,
             spread_s: 0.0,
             messages: 1_000_000_000,
-            partition_size: 1_000,
+            partition_size: Some(1_000),
+            workload: Workload::Wordcount,
             policies: policies(&["static-proportional:150", "backlog"])?,
             paper_s: BTreeMap::new(),
         },
@@ -112,7 +119,8 @@ fn plan(args: &SimulateArgs) -> Result<Plan> {
             jobs: 1_000,
             spread_s: 10.0,
             messages: 100_000,
-            partition_size: 100,
+            partition_size: Some(100),
+            workload: Workload::Wordcount,
             policies: policies(&["static-proportional:150", "backlog"])?,
             paper_s: BTreeMap::new(),
         },
@@ -122,6 +130,7 @@ fn plan(args: &SimulateArgs) -> Result<Plan> {
             spread_s: args.spread_s.max(0.0),
             messages: args.messages,
             partition_size: args.partition_size,
+            workload: args.job,
             policies: policies(&["backlog"])?,
             paper_s: BTreeMap::new(),
         },
@@ -148,18 +157,22 @@ pub(super) fn parse_policies(pieces: &[String]) -> Result<Vec<Policy>> {
 }
 
 pub async fn run(args: SimulateArgs) -> Result<i32> {
-    if args.messages == 0 || args.partition_size == 0 {
+    if args.messages == 0 || args.partition_size == Some(0) {
         bail!("--messages and --partition-size must be positive");
     }
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
     let profile = match args.profile.as_deref() {
-        Some("built-in") => Profile::wordcount(),
+        Some("built-in") => match plan.workload {
+            Workload::Wordcount => Profile::wordcount(),
+            Workload::FireTweets => Profile::fire_tweets(),
+        },
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
             serde_json::from_str(&text).with_context(|| format!("{path} is not a profile"))?
         }
-        None => calibrate_apart().await?,
+        None => calibrate_apart(plan.workload).await?,
     };
+    let partition_size = *plan.partition_size.get_or_insert(profile.partition_size);
     let out = Output {
         dir: args.out.clone(),
         json: args.json,
@@ -176,7 +189,7 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
                     0.0
                 },
                 messages: plan.messages,
-                partition_size: plan.partition_size,
+                partition_size,
                 policy: *policy,
             })
             .collect();
@@ -185,7 +198,7 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
                 name: String::new(),
                 at_s: 0.0,
                 messages: plan.messages,
-                partition_size: plan.partition_size,
+                partition_size,
                 policy: *policy,
             },
             profile.clone(),
@@ -205,79 +218,164 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
 
 /// [`calibrate`] on a runtime of its own, shut down after: the engine's background tasks
 /// must not share the simulation's threads.
-async fn calibrate_apart() -> Result<Profile> {
-    tokio::task::spawn_blocking(|| -> Result<Profile> {
+async fn calibrate_apart(workload: Workload) -> Result<Profile> {
+    tokio::task::spawn_blocking(move || -> Result<Profile> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let profile = rt.block_on(calibrate());
+        let profile = rt.block_on(calibrate(workload));
         rt.shutdown_timeout(std::time::Duration::from_secs(1));
         profile
     })
     .await?
 }
 
-/// Measures the word count's stages on the embedded engine: a job of 100,000 messages,
-/// with the `backlog` policy so that batch sizes vary. Per stage, a least-squares line
-/// through (units, duration) of its invocations gives the fixed and per-unit time; the
-/// modelled round trips of the calls each function made are added per unit.
-pub async fn calibrate() -> Result<Profile> {
-    const MESSAGES: u64 = 100_000;
-    let (run, usage) = one_job(
-        wordcount(MESSAGES, json!({})),
-        "backlog".parse()?,
-        "calibrate",
-    )
-    .await?;
-    // wordcount's default partition size.
-    const PARTITION_SIZE: u64 = 100;
-    let partitions = MESSAGES.div_ceil(PARTITION_SIZE);
-    let tasks = orchestration::components::feed_tasks(partitions).len() as f64;
-    let mut stages = Vec::new();
-    for name in ["feed", "filter", "count", "reduce"] {
-        let is_source = name == "feed";
-        let points: Vec<(f64, f64)> = run
-            .records
+/// What job type a calibration measures (`--job`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// `wordcount` over synthetic text: messages are lines.
+    Wordcount,
+    /// `fire-tweets` over generated tweets: messages are tweets, partitions byte ranges.
+    FireTweets,
+}
+
+/// Measures a job type's stages on the embedded engine, with the `backlog` policy so that
+/// batch sizes vary: a word count of 100,000 messages, or fire-tweets over a generated day
+/// of 40,000 tweets in 256 KiB partitions. Per stage, a least-squares line through
+/// (units, duration) of its invocations gives the fixed and per-unit time; the modelled
+/// round trips of the calls each function made are added per unit.
+pub async fn calibrate(workload: Workload) -> Result<Profile> {
+    let backlog: Policy = "backlog".parse()?;
+    match workload {
+        Workload::Wordcount => {
+            const MESSAGES: u64 = 100_000;
+            // wordcount's default partition size.
+            const PARTITION_SIZE: u64 = 100;
+            let (run, usage) =
+                one_job(wordcount(MESSAGES, json!({})), backlog, "calibrate").await?;
+            fit_profile(
+                &format!("wordcount of {MESSAGES} messages"),
+                &run,
+                &usage,
+                &["feed", "filter", "count", "reduce"],
+                PARTITION_SIZE,
+            )
+        }
+        Workload::FireTweets => {
+            use orchestration::tweets::generator::{generate, GenOptions};
+            let scratch = Scratch::new("calibrate-tweets")?;
+            let blobs = orchestration::local::FileBlobs::open(
+                scratch.path().join(orchestration::local::engine::BLOBS_DIR),
+            )?;
+            let options = GenOptions {
+                // One day: a longer range is a composite job, one part per day.
+                from: "2018-11-01".parse()?,
+                to: "2018-11-01".parse()?,
+                per_day: 40_000,
+                per_part: 5_000,
+                seed: 2018,
+                gzip: false,
+            };
+            let summary = generate(&blobs, &options).await?;
+            drop(blobs);
+            let request = orchestration::job::JobRequest {
+                job_type: "fire-tweets".into(),
+                params: json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-01",
+                               "partition_bytes": 262_144}),
+            };
+            let (run, usage) = super::job_in(scratch.path(), request, backlog).await?;
+            let partitions: u64 = run
+                .records
+                .iter()
+                .filter(|r| r.stage == "reduce" && r.outcome == InvocationOutcome::Ok)
+                .map(|r| u64::from(r.batch_size))
+                .sum();
+            fit_profile(
+                &format!("fire-tweets over {} generated tweets", summary.tweets),
+                &run,
+                &usage,
+                &["feed", "match", "reduce"],
+                summary.tweets.div_ceil(partitions.max(1)),
+            )
+        }
+    }
+}
+
+/// A profile from one measured job: `stages` in flow order (the first the source, the last
+/// the reduce), `partition_size` messages per partition.
+fn fit_profile(
+    what: &str,
+    run: &super::JobRun,
+    usage: &cost::Usage,
+    stages: &[&str],
+    partition_size: u64,
+) -> Result<Profile> {
+    fn ok<'a>(
+        run: &'a super::JobRun,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a orchestration::local::InvocationRecord> {
+        run.records
             .iter()
-            .filter(|r| r.stage == name && r.outcome == InvocationOutcome::Ok)
+            .filter(move |r| r.stage == name && r.outcome == InvocationOutcome::Ok)
+    }
+    let last = stages.last().copied().unwrap_or("reduce");
+    let partitions: u64 = ok(run, last).map(|r| u64::from(r.batch_size)).sum();
+    let tasks: u64 = ok(run, stages[0]).map(|r| u64::from(r.batch_size)).sum();
+    if partitions == 0 || tasks == 0 {
+        bail!(
+            "calibration: the {what} job ran no partitions (result: {}; stages run: {:?})",
+            run.result,
+            run.records
+                .iter()
+                .map(|r| r.stage.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+    let mut profiles = Vec::new();
+    for (i, name) in stages.iter().enumerate() {
+        let is_source = i == 0;
+        let function = ok(run, name)
+            .next()
+            .map(|r| r.function.clone())
+            .with_context(|| format!("calibration: no invocations of {name}"))?;
+        let points: Vec<(f64, f64)> = ok(run, name)
             .map(|r| {
                 let units = if is_source {
-                    f64::from(r.batch_size) * partitions as f64 / tasks
+                    f64::from(r.batch_size) * partitions as f64 / tasks as f64
                 } else {
                     f64::from(r.batch_size)
                 };
                 (units, r.duration_us as f64 / 1e3)
             })
             .collect();
-        if points.is_empty() {
-            bail!("calibration: no invocations of {name}");
-        }
         let (fixed_ms, per_unit_ms) = fit(&points);
         let units: f64 = points.iter().map(|p| p.0).sum();
         let network_ms = usage
             .functions
             .iter()
-            .find(|f| f.function == name)
+            .find(|f| f.function == function)
             .map(|f| f.modelled_ms() - f.measured_ms as f64)
             .unwrap_or(0.0);
-        stages.push(StageProfile {
-            name: name.into(),
-            function: name.into(),
+        profiles.push(StageProfile {
+            name: (*name).into(),
             is_source,
             fixed_ms,
             per_unit_ms: per_unit_ms + network_ms / units.max(1.0),
-            per_record: matches!(name, "filter" | "count"),
-            memory_mb: cost::memory_mb(name),
+            // A transform reads every record; a source emits, a reduce merges, per
+            // partition.
+            per_record: !is_source && i + 1 < stages.len(),
+            memory_mb: cost::memory_mb(&function),
+            function,
         });
     }
     let per = |n: u64| n as f64 / partitions as f64;
     Ok(Profile {
         source: format!(
-            "calibrated: wordcount of {MESSAGES} messages on the embedded engine ({} invocations), plus modelled API round trips",
+            "calibrated: {what} on the embedded engine ({} invocations), plus modelled API round trips",
             run.records.len()
         ),
-        partition_size: PARTITION_SIZE,
-        stages,
+        partition_size,
+        stages: profiles,
         per_partition: PerPartition {
             sqs_requests: per(usage.sqs_requests),
             dynamodb_write_units: per(usage.dynamodb_write_units),
@@ -444,7 +542,11 @@ fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Repor
     out.report(
         &format!(
             "simulate {}: {} × {} messages in partitions of {} ({})",
-            plan.name, plan.jobs, plan.messages, plan.partition_size, profile.source
+            plan.name,
+            plan.jobs,
+            plan.messages,
+            plan.partition_size.unwrap_or(profile.partition_size),
+            profile.source
         ),
         &header,
         &rows,

@@ -143,6 +143,37 @@ fn the_paper_scenario_runs_calibrated_on_this_machine() {
 }
 
 #[test]
+fn fire_tweets_runs_on_its_own_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = simulate(
+        dir.path(),
+        &[
+            "--job",
+            "fire-tweets",
+            "--messages",
+            "10000000",
+            "--profile",
+            "built-in",
+        ],
+    );
+    assert!(r["profile"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("fire-tweets"));
+    let stages: Vec<&str> = r["profile"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["feed", "match", "reduce"]);
+    // 10^7 tweets in partitions of 193.
+    assert_eq!(r["jobs"][0]["partitions"], 51_814);
+    assert_eq!(num(&r, &["checks", "unfinished_jobs"]), 0.0);
+    assert_eq!(num(&r, &["checks", "throttles"]), 0.0);
+}
+
+#[test]
 fn bad_simulate_input_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     for (args, says) in [
