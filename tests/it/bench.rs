@@ -5,21 +5,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::sluice_json;
+use crate::support::{sluice_json, sluice_results};
 
 fn bench(dir: &Path, args: &[&str]) -> Value {
-    let out_dir = dir.join("results");
-    let out_dir = out_dir.to_str().unwrap();
     let mut full = vec!["bench"];
     full.extend_from_slice(args);
-    full.extend_from_slice(&["--out", out_dir, "--json"]);
-    let (summary, out) = sluice_json(dir, &full);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    summary
+    sluice_results(dir, &full)
 }
 
 /// The CSV's rows (without the header), and that each plot exists as SVG and PNG.

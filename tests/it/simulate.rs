@@ -6,20 +6,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{sluice, sluice_json};
+use crate::support::{sluice, sluice_results};
 
 fn simulate(dir: &Path, args: &[&str]) -> Value {
-    let out_dir = dir.join("results");
     let mut full = vec!["simulate"];
     full.extend_from_slice(args);
-    full.extend_from_slice(&["--out", out_dir.to_str().unwrap(), "--json"]);
-    let (summary, out) = sluice_json(dir, &full);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    summary
+    sluice_results(dir, &full)
 }
 
 fn num(v: &Value, path: &[&str]) -> f64 {

@@ -25,6 +25,21 @@ pub fn sluice_json(state_dir: &Path, args: &[&str]) -> (Value, Output) {
     (value, out)
 }
 
+/// Runs `sluice <args> --out DIR/results --json` (a bench or simulate command), asserts that
+/// it succeeded, and returns its JSON.
+pub fn sluice_results(dir: &Path, args: &[&str]) -> Value {
+    let out_dir = dir.join("results");
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--out", out_dir.to_str().unwrap(), "--json"]);
+    let (summary, out) = sluice_json(dir, &full);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary
+}
+
 /// A `sluice serve` child process on a free loopback port, killed on drop.
 pub struct Server {
     child: std::process::Child,
