@@ -233,6 +233,14 @@ impl Daemon {
     }
 }
 
+/// Where a job's ledger stands at a tick.
+enum Progress {
+    /// Every partition is reduced or dead-lettered (`dead`: those never reduced).
+    Complete { reduced: u64, dead: Vec<u64> },
+    /// Not yet: `finished` partitions are reduced or dead-lettered so far.
+    Running { finished: u64 },
+}
+
 /// A job record held under a lease: every write is conditional on the version read, and a
 /// conflicting write by a newer lease holder fences this one out.
 struct Fenced {
@@ -379,12 +387,16 @@ impl Fenced {
         self.drain_dead_letters(&flow).await?;
         crash.checkpoint()?;
         self.keep_lease().await?;
+        let mut finished = 0;
         if self.rec.planned {
-            if let Some((reduced, dead)) = self.completion().await? {
-                return self.complete(&flow, reduced, dead).await;
+            match self.completion().await? {
+                Progress::Complete { reduced, dead } => {
+                    return self.complete(&flow, reduced, dead).await
+                }
+                Progress::Running { finished: f } => finished = f,
             }
         }
-        self.apply_policy(&flow).await
+        self.apply_policy(&flow, finished).await
     }
 
     /// A composite job runs no stages of its own: its parts are jobs (submitted here, so
@@ -455,7 +467,7 @@ impl Fenced {
             }
         }
         crash.checkpoint()?;
-        if let Some((reduced, dead)) = self.completion().await? {
+        if let Progress::Complete { reduced, dead } = self.completion().await? {
             return self.complete(flow, reduced, dead).await;
         }
         Ok(())
@@ -507,7 +519,7 @@ impl Fenced {
             let decision = self
                 .rec
                 .policy
-                .decide(&self.observation(flow, false).await?);
+                .decide(&self.observation(flow, false, 0).await?);
             let levers = self.reserve(decision).await?;
             let mut stages = self.rec.stages.clone();
             for (stage, levers) in stages.iter_mut().zip(levers) {
@@ -660,16 +672,19 @@ impl Fenced {
     }
 
     /// Exact completion: the ledger's reduced partitions plus the dead-lettered partitions
-    /// that were never reduced equal the planned total. Returns them when that holds.
-    async fn completion(&self) -> Result<Option<(u64, Vec<u64>)>, DaemonError> {
+    /// that were never reduced equal the planned total. Otherwise, how far it has come
+    /// (what the policy's observation needs, read here once per tick).
+    async fn completion(&self) -> Result<Progress, DaemonError> {
         let Some(total) = self.rec.total_partitions else {
-            return Ok(None);
+            return Ok(Progress::Running { finished: 0 });
         };
         let ledger = self.ledger();
         let reduced = ledger.reduced_count().await?;
         let dead_all = ledger.dead_partitions().await?;
         if reduced + (dead_all.len() as u64) < total {
-            return Ok(None);
+            return Ok(Progress::Running {
+                finished: reduced + dead_all.len() as u64,
+            });
         }
         let mut dead = Vec::new();
         for p in dead_all {
@@ -677,7 +692,12 @@ impl Fenced {
                 dead.push(p);
             }
         }
-        Ok((reduced + dead.len() as u64 == total).then_some((reduced, dead)))
+        let finished = reduced + dead.len() as u64;
+        Ok(if finished == total {
+            Progress::Complete { reduced, dead }
+        } else {
+            Progress::Running { finished }
+        })
     }
 
     async fn complete(
@@ -850,10 +870,13 @@ impl Fenced {
         Ok(levers)
     }
 
+    /// What the policy sees: with `with_counts`, the queues, the invocation statistics and
+    /// `finished` partitions (from [`Self::completion`]); without (provisioning), the flow.
     async fn observation(
         &self,
         flow: &Flow,
         with_counts: bool,
+        finished: u64,
     ) -> Result<Observation, DaemonError> {
         // Throughput per stage from the invocation records, where the deployment keeps
         // them; without them the policy assumes.
@@ -892,25 +915,19 @@ impl Fenced {
                 memory_mb: cost::memory_mb(record.function.as_str()),
             });
         }
-        let finished_partitions = if with_counts && self.rec.planned {
-            let ledger = self.ledger();
-            ledger.reduced_count().await? + ledger.dead_partitions().await?.len() as u64
-        } else {
-            0
-        };
         let now = self.svc.clock.now_ms();
         let started = self.rec.started_ms.unwrap_or(now);
         Ok(Observation {
             job_size: flow.size,
             total_partitions: self.rec.total_partitions,
-            finished_partitions,
+            finished_partitions: finished,
             elapsed_s: now.saturating_sub(started) as f64 / 1000.0,
             stages,
         })
     }
 
-    async fn apply_policy(&mut self, flow: &Flow) -> Result<(), DaemonError> {
-        let observation = self.observation(flow, true).await?;
+    async fn apply_policy(&mut self, flow: &Flow, finished: u64) -> Result<(), DaemonError> {
+        let observation = self.observation(flow, true, finished).await?;
         let decision = self.rec.policy.decide(&observation);
         let decision = self.reserve(decision).await?;
         let previous: Vec<Option<Levers>> = self.rec.stages.iter().map(|s| s.levers).collect();
@@ -931,24 +948,19 @@ impl Fenced {
             self.update(move |r| r.stages = stages.clone()).await?;
         }
         if self.svc.settings.concurrency_budget.is_some() {
-            // AWS applies mapping updates asynchronously: the grant drops only to what the
-            // previous levers still use, and the rest goes back on the next tick.
-            let keep: Vec<Levers> = previous
+            let in_flight: Vec<u64> = observation
+                .stages
                 .iter()
-                .zip(&decision)
-                .map(|(p, l)| p.map_or(*l, |p| reserve::wider(&p, l)))
+                .map(|s| s.counts.in_flight)
                 .collect();
             reserve::settle(
                 &self.svc,
                 self.rec.id.as_str(),
                 self.rec.attempt,
                 &self.stage_functions(),
-                &keep,
-                &observation
-                    .stages
-                    .iter()
-                    .map(|s| s.counts.in_flight)
-                    .collect::<Vec<_>>(),
+                &previous,
+                &decision,
+                &in_flight,
             )
             .await?;
         }

@@ -450,23 +450,31 @@ pub async fn steer(
     Ok(())
 }
 
-/// After the mappings changed: gives back grants above what the applied levers use and
-/// what may still run (`in_flight[i]`: messages in flight on stage `i`), and lowers the
-/// functions' settings to match.
+/// After the mappings changed from `previous` to `levers`: gives back grants above what
+/// either uses and what may still run (`in_flight[i]`: messages in flight on stage `i`),
+/// and lowers the functions' settings to match.
 pub async fn settle(
     svc: &Services,
     job: &str,
     attempt: u32,
     functions: &[Function],
+    previous: &[Option<Levers>],
     levers: &[Levers],
     in_flight: &[u64],
 ) -> Result<(), ReserveError> {
+    // AWS applies mapping updates asynchronously: a grant drops only to what the previous
+    // levers still use, and the rest goes back on the next tick.
+    let keep: Vec<Levers> = levers
+        .iter()
+        .zip(previous.iter().chain(std::iter::repeat(&None)))
+        .map(|(l, p)| p.map_or(*l, |p| wider(&p, l)))
+        .collect();
     let mut busy = PerFunction::new();
     for (f, n) in functions.iter().zip(in_flight) {
         let sum = busy.entry(f.as_str().to_owned()).or_default();
         *sum = sum.saturating_add(u32::try_from(*n).unwrap_or(u32::MAX));
     }
-    if release_to(svc, job, attempt, &per_function(functions, levers), &busy).await? {
+    if release_to(svc, job, attempt, &per_function(functions, &keep), &busy).await? {
         apply(svc, &distinct(functions)).await?;
     }
     Ok(())
@@ -475,7 +483,7 @@ pub async fn settle(
 /// The levers that keep both `a` and `b` within their grant: a grant may drop only to what
 /// the levers in force still use, so it is given back one tick after a mapping shrinks
 /// (AWS applies mapping updates asynchronously).
-pub fn wider(a: &Levers, b: &Levers) -> Levers {
+fn wider(a: &Levers, b: &Levers) -> Levers {
     let enabled = |l: &Levers| l.mapping_config().enabled;
     match (enabled(a), enabled(b)) {
         (true, true) => Levers {

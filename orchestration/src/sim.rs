@@ -18,7 +18,7 @@
 //! Time is simulated: a billion messages take seconds to run.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::faults::Faults;
 use crate::flow::{Function, Registry};
 use crate::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
 use crate::policy::{Levers, Observation, Policy, StageObservation};
-use crate::ports::{limits, Clock, QueueCounts, StageStats};
+use crate::ports::{Clock, QueueCounts, StageStats};
 use crate::reserve;
 use crate::services::{Services, Settings};
 use crate::status::NoTelemetry;
@@ -206,11 +206,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// One job, AWS's defaults and the deployment's settings (`aws::config`).
-    pub fn single(spec: JobSpec, profile: Profile) -> Self {
+    /// These jobs, with AWS's defaults and the deployment's settings (`aws::config`).
+    pub fn new(jobs: Vec<JobSpec>, profile: Profile) -> Self {
         let aws = crate::aws::config::AwsSettings::new("sluice");
         Self {
-            jobs: vec![spec],
+            jobs,
             profile,
             budget: Some(aws.concurrency_budget),
             account_concurrency: model::ACCOUNT_CONCURRENCY,
@@ -219,6 +219,11 @@ impl Scenario {
             max_receive_count: aws.max_receive_count,
             horizon_s: 30.0 * 24.0 * 3600.0,
         }
+    }
+
+    /// One job (see [`Scenario::new`]).
+    pub fn single(spec: JobSpec, profile: Profile) -> Self {
+        Self::new(vec![spec], profile)
     }
 }
 
@@ -363,6 +368,19 @@ struct Mapping {
     gather_since: Option<f64>,
 }
 
+impl Mapping {
+    /// The levers the mapping runs with at `now`: a pending update takes effect once due.
+    fn in_force(&mut self, now: f64) -> Levers {
+        if let Some((at, levers)) = self.pending {
+            if now >= at {
+                self.levers = levers;
+                self.pending = None;
+            }
+        }
+        self.levers
+    }
+}
+
 struct Stage {
     name: String,
     function: usize,
@@ -397,7 +415,7 @@ struct Func {
     billed_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Submit(usize),
     Tick(usize),
@@ -411,6 +429,28 @@ enum Event {
     Sample,
 }
 
+/// Events in time order (ties in the order scheduled), at microsecond resolution.
+#[derive(Default)]
+struct Agenda {
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+}
+
+impl Agenda {
+    fn push(&mut self, at: f64, event: Event) {
+        self.seq += 1;
+        // Rounded up: when the event runs, `now >= at` holds exactly.
+        let key = (at * 1e6).ceil() as u64;
+        self.heap.push(Reverse((key, self.seq, event)));
+    }
+
+    fn pop(&mut self) -> Option<(f64, Event)> {
+        self.heap
+            .pop()
+            .map(|Reverse((key, _, event))| (key as f64 / 1e6, event))
+    }
+}
+
 /// Simulated milliseconds, for the reservation code's clock.
 struct SimClock(AtomicU64);
 
@@ -422,9 +462,7 @@ impl Clock for SimClock {
 
 struct World {
     now: f64,
-    seq: u64,
-    events: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    payloads: Vec<Event>,
+    agenda: Agenda,
     jobs: Vec<Job>,
     funcs: Vec<Func>,
     scenario: Scenario,
@@ -496,9 +534,7 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
     });
     let mut world = World {
         now: 0.0,
-        seq: 0,
-        events: BinaryHeap::new(),
-        payloads: Vec::new(),
+        agenda: Agenda::default(),
         jobs: Vec::new(),
         funcs,
         timeline: Vec::new(),
@@ -553,12 +589,7 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
 
 impl World {
     fn schedule(&mut self, at: f64, event: Event) {
-        // Rounded up: when the event runs, `now >= at` holds exactly.
-        let key = (at.max(self.now) * 1e6).ceil() as u64;
-        self.seq += 1;
-        self.payloads.push(event);
-        self.events
-            .push(Reverse((key, self.seq, self.payloads.len() - 1)));
+        self.agenda.push(at.max(self.now), event);
     }
 
     fn all_done(&self) -> bool {
@@ -566,8 +597,8 @@ impl World {
     }
 
     async fn run(&mut self) -> Result<(), SimError> {
-        while let Some(Reverse((key, _, index))) = self.events.pop() {
-            self.now = key as f64 / 1e6;
+        while let Some((at, event)) = self.agenda.pop() {
+            self.now = at;
             self.checks.events += 1;
             if self.now > self.scenario.horizon_s {
                 break;
@@ -575,7 +606,7 @@ impl World {
             self.clock
                 .0
                 .store((self.now * 1e3) as u64, Ordering::SeqCst);
-            match self.payloads[index] {
+            match event {
                 Event::Submit(j) => {
                     // The API's write and nudge, then the daemon's first tick.
                     let first = self.now + 2.0 * model::DYNAMODB_MS / 1e3 + model::SQS_MS / 1e3;
@@ -612,10 +643,6 @@ impl World {
                         }
                     }
                 }
-            }
-            // Compact the event payloads now and then.
-            if self.events.is_empty() {
-                self.payloads.clear();
             }
         }
         self.sample();
@@ -680,9 +707,14 @@ impl World {
         }
         let effective = self.now + took_ms / 1e3 + model::ESM_UPDATE_S;
         let mut changed = false;
-        // What the mappings may still run until the new levers act: the grant keeps it.
-        let mut keep = levers.clone();
-        for ((stage, l), k) in self.jobs[j].stages.iter_mut().zip(&levers).zip(&mut keep) {
+        // The levers in force before this tick's (none for a new mapping).
+        let now = self.now;
+        let previous: Vec<Option<Levers>> = self.jobs[j]
+            .stages
+            .iter_mut()
+            .map(|s| s.mapping.as_mut().map(|m| m.in_force(now)))
+            .collect();
+        for (stage, l) in self.jobs[j].stages.iter_mut().zip(&levers) {
             match &mut stage.mapping {
                 None => {
                     stage.mapping = Some(Mapping {
@@ -692,20 +724,13 @@ impl World {
                         },
                         pending: Some((effective, *l)),
                         active_since: None,
-                        last_busy: self.now,
+                        last_busy: now,
                         running: 0,
                         gather_since: None,
                     });
                     changed = true;
                 }
                 Some(m) => {
-                    if let Some((at, pending)) = m.pending {
-                        if self.now >= at {
-                            m.levers = pending;
-                            m.pending = None;
-                        }
-                    }
-                    *k = reserve::wider(&m.levers, l);
                     if m.pending.map(|p| p.1).unwrap_or(m.levers) != *l {
                         m.pending = Some((effective, *l));
                         changed = true;
@@ -720,13 +745,15 @@ impl World {
             self.jobs[j].admitted = Some(effective);
         }
         if self.scenario.budget.is_some() {
-            // Give back what neither the running nor the new levers use.
             let in_flight: Vec<u64> = self.jobs[j]
                 .stages
                 .iter()
                 .map(|s| s.queue.in_flight)
                 .collect();
-            reserve::settle(&self.svc, &name, 1, &functions, &keep, &in_flight).await?;
+            reserve::settle(
+                &self.svc, &name, 1, &functions, &previous, &levers, &in_flight,
+            )
+            .await?;
             self.refresh_reserved().await?;
         }
         self.charge_daemon(took_ms);
@@ -834,12 +861,7 @@ impl World {
         };
         let stage = &mut self.jobs[j].stages[s];
         let m = stage.mapping.as_mut()?;
-        if let Some((at, levers)) = m.pending {
-            if now >= at {
-                m.levers = levers;
-                m.pending = None;
-            }
-        }
+        m.in_force(now);
         let q = &mut stage.queue;
         // Throttled batches come back after the visibility timeout.
         let mut i = 0;
@@ -941,17 +963,15 @@ impl World {
             f.billed_ms += billed;
             stage.stats.invocations += 1;
             stage.stats.billed_ms += billed;
-            self.seq += 1;
-            let event = Event::End {
-                job: j,
-                stage: s,
-                messages,
-                units,
-            };
-            let key = (end * 1e6).ceil() as u64;
-            self.payloads.push(event);
-            self.events
-                .push(Reverse((key, self.seq, self.payloads.len() - 1)));
+            self.agenda.push(
+                end,
+                Event::End {
+                    job: j,
+                    stage: s,
+                    messages,
+                    units,
+                },
+            );
         }
         wake
     }
@@ -1083,17 +1103,10 @@ impl World {
     }
 }
 
-/// The jobs' names to their results, for lookups in tests and reports.
-pub fn by_name(report: &Report) -> HashMap<&str, &JobResult> {
-    report.jobs.iter().map(|j| (j.name.as_str(), j)).collect()
-}
-
-/// The least MaximumConcurrency a mapping can have: a job's stage never runs below it once
-/// admitted.
-pub const MIN_CONCURRENCY: u32 = limits::MIN_MAX_CONCURRENCY;
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn job(name: &str, messages: u64, policy: &str) -> JobSpec {
@@ -1223,13 +1236,13 @@ mod tests {
     #[tokio::test]
     async fn many_jobs_share_the_budget_and_none_starves() {
         let profile = Profile::wordcount();
-        let mut scenario = Scenario::single(job("j0", 2_000, "backlog"), profile);
-        scenario.jobs = (0..300)
+        let jobs = (0..300)
             .map(|i| JobSpec {
                 at_s: (i % 10) as f64 * 0.1,
                 ..job(&format!("j{i}"), 2_000 + i * 10, "backlog")
             })
             .collect();
+        let mut scenario = Scenario::new(jobs, profile);
         scenario.budget = Some(100);
         let report = simulate(scenario).await;
         assert_eq!(report.checks.unfinished_jobs, 0, "{:?}", report.checks);

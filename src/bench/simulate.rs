@@ -193,17 +193,7 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
                 policy: *policy,
             })
             .collect();
-        let mut scenario = Scenario::single(
-            JobSpec {
-                name: String::new(),
-                at_s: 0.0,
-                messages: plan.messages,
-                partition_size,
-                policy: *policy,
-            },
-            profile.clone(),
-        );
-        scenario.jobs = jobs;
+        let mut scenario = Scenario::new(jobs, profile.clone());
         scenario.budget = (args.budget > 0).then_some(args.budget);
         let scratch = Scratch::new("simulate")?;
         let started = std::time::Instant::now();
