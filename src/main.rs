@@ -231,7 +231,7 @@ enum JobCommand {
 
 #[derive(Args)]
 struct JobOptions {
-    /// Scaling policy: always-one | static-proportional:M.
+    /// Scaling policy: always-one | static-proportional:M | backlog[:target=S,max-cost=USD].
     #[arg(long, default_value_t = Policy::default())]
     policy: Policy,
     /// Least fraction of partitions that must be reduced for the job to succeed.
@@ -253,72 +253,63 @@ struct JobOptions {
 
 impl JobCommand {
     fn request(&self) -> (JobRequest, &JobOptions) {
-        let (messages, input, range_bytes, text, partition_size, per_word, contains, options) =
-            match self {
-                JobCommand::Wordcount {
-                    messages,
-                    input,
-                    range_bytes,
-                    text,
-                    partition_size,
-                    per_word,
-                    contains,
-                    options,
-                } => (
-                    messages,
-                    input,
-                    range_bytes,
-                    text,
-                    partition_size,
-                    per_word,
-                    contains,
-                    options,
-                ),
-                JobCommand::FireTweets {
-                    country,
-                    from,
-                    to,
-                    keywords,
-                    partition_bytes,
-                    options,
-                } => {
-                    let mut params = json!({ "country": country, "from": from, "to": to });
-                    if !keywords.is_empty() {
-                        params["keywords"] = json!(keywords);
-                    }
-                    if let Some(bytes) = partition_bytes {
-                        params["partition_bytes"] = json!(bytes);
-                    }
-                    let request = JobRequest {
-                        job_type: "fire-tweets".into(),
-                        params,
-                    };
-                    return (request, options);
+        match self {
+            JobCommand::Wordcount {
+                messages,
+                input,
+                range_bytes,
+                text,
+                partition_size,
+                per_word,
+                contains,
+                options,
+            } => {
+                let mut params = json!({ "per_word": per_word });
+                match (messages, input) {
+                    (_, Some(input)) => params["input"] = json!(input),
+                    (Some(messages), None) => params["messages"] = json!(messages),
+                    (None, None) => {}
                 }
-            };
-        let mut params = json!({ "per_word": per_word });
-        match (messages, input) {
-            (_, Some(input)) => params["input"] = json!(input),
-            (Some(messages), None) => params["messages"] = json!(messages),
-            (None, None) => {}
+                if let Some(bytes) = range_bytes {
+                    params["range_bytes"] = json!(bytes);
+                }
+                if let Some(text) = text {
+                    params["text"] = json!(text);
+                }
+                if let Some(size) = partition_size {
+                    params["partition_size"] = json!(size);
+                }
+                if let Some(contains) = contains {
+                    params["contains"] = json!(contains);
+                }
+                let request = JobRequest {
+                    job_type: "wordcount".into(),
+                    params,
+                };
+                (request, options)
+            }
+            JobCommand::FireTweets {
+                country,
+                from,
+                to,
+                keywords,
+                partition_bytes,
+                options,
+            } => {
+                let mut params = json!({ "country": country, "from": from, "to": to });
+                if !keywords.is_empty() {
+                    params["keywords"] = json!(keywords);
+                }
+                if let Some(bytes) = partition_bytes {
+                    params["partition_bytes"] = json!(bytes);
+                }
+                let request = JobRequest {
+                    job_type: "fire-tweets".into(),
+                    params,
+                };
+                (request, options)
+            }
         }
-        if let Some(bytes) = range_bytes {
-            params["range_bytes"] = json!(bytes);
-        }
-        if let Some(text) = text {
-            params["text"] = json!(text);
-        }
-        if let Some(size) = partition_size {
-            params["partition_size"] = json!(size);
-        }
-        if let Some(contains) = contains {
-            params["contains"] = json!(contains);
-        }
-        let request = JobRequest {
-            job_type: "wordcount".into(),
-            params,
-        };
-        (request, options)
     }
 }
 
