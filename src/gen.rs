@@ -29,6 +29,14 @@ pub struct TextArgs {
     /// Size of each object, MiB.
     #[arg(long, default_value_t = 64)]
     part_mib: u64,
+    /// Instead of the repeated prose: words drawn from a vocabulary of this many distinct
+    /// words, Zipf-distributed (s = 1, as natural text), each word at least once (so the
+    /// text holds exactly this many distinct words once it is large enough).
+    #[arg(long)]
+    vocabulary: Option<u64>,
+    /// The same seed gives the same bytes (with --vocabulary).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Where `gen text` writes.
@@ -61,14 +69,78 @@ pub fn text_parts(total: u64, part: u64) -> (Vec<Vec<u8>>, u64) {
     (parts, lines)
 }
 
-/// Writes [`text_parts`] under [`TEXT_PREFIX`], replacing what was there; returns
-/// `(objects, lines, bytes)`.
-pub async fn write_text(blobs: &FileBlobs, mib: u64, part_mib: u64) -> Result<(usize, u64, u64)> {
+/// Word `rank` of a generated vocabulary: the bijective base-26 numeral of `rank + 702`,
+/// in letters (so every word has at least 3 letters and no two are the same).
+pub fn vocabulary_word(rank: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut n = rank + 702;
+    loop {
+        out.push(b'a' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+        n -= 1;
+    }
+    out[start..].reverse();
+}
+
+/// Words per generated vocabulary line.
+const WORDS_PER_LINE: u64 = 12;
+
+/// Text of at least `total` bytes over a vocabulary of `vocabulary` words: every word once
+/// (in rank order), then Zipf-distributed draws; lines of 12 words, objects of about `part`
+/// bytes. Returns the objects and the line count.
+pub fn vocabulary_parts(total: u64, part: u64, vocabulary: u64, seed: u64) -> (Vec<Vec<u8>>, u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let zipf = rand_distr::Zipf::new(vocabulary.max(1) as f64, 1.0).ok();
+    let mut parts = Vec::new();
+    let mut current = Vec::with_capacity(part as usize + 256);
+    let (mut written, mut lines, mut words) = (0u64, 0u64, 0u64);
+    while written < total || words < vocabulary {
+        let before = current.len();
+        for i in 0..WORDS_PER_LINE {
+            let rank = if words < vocabulary {
+                words
+            } else {
+                zipf.map_or(0, |z| rng.sample(z) as u64 - 1)
+            };
+            if i > 0 {
+                current.push(b' ');
+            }
+            vocabulary_word(rank, &mut current);
+            words += 1;
+        }
+        current.push(b'\n');
+        lines += 1;
+        written += (current.len() - before) as u64;
+        if current.len() as u64 >= part {
+            parts.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    (parts, lines)
+}
+
+/// Writes [`text_parts`] (or, with a vocabulary, [`vocabulary_parts`]) under
+/// [`TEXT_PREFIX`], replacing what was there; returns `(objects, lines, bytes)`.
+pub async fn write_text(
+    blobs: &FileBlobs,
+    mib: u64,
+    part_mib: u64,
+    vocabulary: Option<(u64, u64)>,
+) -> Result<(usize, u64, u64)> {
     use orchestration::ports::Blobs;
     for key in blobs.list(TEXT_PREFIX).await? {
         blobs.delete(&key).await?;
     }
-    let (parts, lines) = text_parts(mib << 20, part_mib.max(1) << 20);
+    let (parts, lines) = match vocabulary {
+        Some((words, seed)) => vocabulary_parts(mib << 20, part_mib.max(1) << 20, words, seed),
+        None => text_parts(mib << 20, part_mib.max(1) << 20),
+    };
     let mut bytes = 0;
     for (i, part) in parts.iter().enumerate() {
         bytes += part.len() as u64;
@@ -111,7 +183,9 @@ pub async fn run(state_dir: &Path, command: GenCommand) -> Result<i32> {
             let root = state_dir.join(orchestration::local::engine::BLOBS_DIR);
             let blobs = FileBlobs::open(&root)
                 .with_context(|| format!("opening the blob store {}", root.display()))?;
-            let (objects, lines, bytes) = write_text(&blobs, args.mib, args.part_mib).await?;
+            let vocabulary = args.vocabulary.map(|v| (v, args.seed));
+            let (objects, lines, bytes) =
+                write_text(&blobs, args.mib, args.part_mib, vocabulary).await?;
             println!(
                 "wrote {lines} lines, {:.1} MiB in {objects} objects under {}/{TEXT_PREFIX}",
                 bytes as f64 / 1048576.0,

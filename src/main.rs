@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use orchestration::faults::Faults;
 use orchestration::job::{JobId, JobRequest};
+use orchestration::keyed;
 use orchestration::local::{Engine, EngineOptions};
 use orchestration::policy::Policy;
 use orchestration::record;
@@ -133,13 +134,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a finished job's result (from the state directory, or `--api`).
+    /// Print a finished job's result (from the state directory, or `--api`); with `--out`,
+    /// write a keyed result's whole object (JSON lines, sorted) to a file.
     Result {
         id: String,
         #[arg(long, env = "SLUICE_API")]
         api: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keyed: KeyedOut,
     },
     /// Reproduce the paper's experiments and measure throughput on the embedded engine:
     /// CSV and plots (SVG, PNG) in the results directory, a summary on stdout.
@@ -202,6 +206,9 @@ enum JobCommand {
         /// Keep only messages containing this text.
         #[arg(long)]
         contains: Option<String>,
+        /// Reduce partitions of the per-word shuffle (default: sized from the input).
+        #[arg(long, requires = "per_word")]
+        reduce_partitions: Option<u32>,
         #[command(flatten)]
         options: JobOptions,
     },
@@ -262,6 +269,7 @@ impl JobCommand {
                 partition_size,
                 per_word,
                 contains,
+                reduce_partitions,
                 options,
             } => {
                 let mut params = json!({ "per_word": per_word });
@@ -281,6 +289,9 @@ impl JobCommand {
                 }
                 if let Some(contains) = contains {
                     params["contains"] = json!(contains);
+                }
+                if let Some(r) = reduce_partitions {
+                    params["reduce_partitions"] = json!(r);
                 }
                 let request = JobRequest {
                     job_type: "wordcount".into(),
@@ -366,13 +377,26 @@ fn main() -> Result<()> {
             Command::Result {
                 id,
                 api: Some(api),
+                keyed:
+                    KeyedOut {
+                        out: Some(out),
+                        field,
+                        order,
+                    },
+                ..
+            } => remote_save(&api, &id, &out, field, order).await,
+            Command::Result {
+                id,
+                api: Some(api),
                 json,
+                ..
             } => remote_show(&api, &id, "/result", json).await,
             Command::Result {
                 id,
                 api: None,
                 json,
-            } => result(&target, &id, json).await,
+                keyed,
+            } => result(&target, &id, json, keyed).await,
             Command::Cancel { id, api } => remote_cancel(&api, &id).await,
             Command::Gen { data } => gen::run(&state_dir, data).await,
             Command::Bench {
@@ -489,13 +513,70 @@ async fn status(target: &Target, id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn result(target: &Target, id: &str, json: bool) -> Result<i32> {
+/// Where `sluice result --out` writes a keyed result, and which one.
+#[derive(clap::Args, Debug, Default)]
+struct KeyedOut {
+    /// Write the whole keyed result (JSON lines `{"key","value"}`, sorted) to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// The keyed field to write (default: the result's only keyed field).
+    #[arg(long, requires = "out")]
+    field: Option<String>,
+    /// Sort order of the file: by key, or by value (largest first).
+    #[arg(long, value_parser = ["key", "value"], default_value = "key", requires = "out")]
+    order: String,
+}
+
+/// The keyed field `--field` names, or the result's only one.
+fn keyed_field(result: &Value, field: Option<String>) -> Result<(String, keyed::Summary)> {
+    let keyed: Vec<(String, keyed::Summary)> = result
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), keyed::Summary::from_result(v)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<&str> = keyed.iter().map(|(k, _)| k.as_str()).collect();
+    match field {
+        Some(f) => keyed
+            .iter()
+            .find(|(k, _)| *k == f)
+            .cloned()
+            .with_context(|| format!("the result has no keyed field `{f}`; it has: {names:?}")),
+        None if keyed.len() == 1 => Ok(keyed[0].clone()),
+        None => bail!("name the keyed field with --field; the result has: {names:?}"),
+    }
+}
+
+async fn result(target: &Target, id: &str, json: bool, keyed_out: KeyedOut) -> Result<i32> {
     let (engine, id) = load(target, id).await?;
     let Some(v) = record::load(engine.services.store.as_ref(), &id).await? else {
         bail!("no job {id} in {}", target.state_dir.display());
     };
     if !v.record.status.is_terminal() {
         bail!("job {id} is {}; no result yet", v.record.status);
+    }
+    if let Some(out) = &keyed_out.out {
+        let (field, summary) = keyed_field(&result_value(&v.record), keyed_out.field)?;
+        let object = if keyed_out.order == "value" {
+            &summary.by_value
+        } else {
+            &summary.by_key
+        };
+        let bytes = engine
+            .services
+            .blobs
+            .get(object)
+            .await?
+            .with_context(|| format!("the result object {object} is gone"))?;
+        std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "wrote {} keys of `{field}` ({} bytes) to {}",
+            summary.keys,
+            bytes.len(),
+            out.display()
+        );
     }
     report::finished(
         engine.services.store.as_ref(),
@@ -549,6 +630,50 @@ async fn remote_show(api: &str, id: &str, suffix: &str, as_json: bool) -> Result
         bail!("{}", client::error_message(status, &body));
     }
     print_remote(&body, as_json);
+    Ok(0)
+}
+
+/// `sluice result --out` against an API: the keyed result, page by page, into a file.
+async fn remote_save(
+    api: &str,
+    id: &str,
+    out: &std::path::Path,
+    field: Option<String>,
+    order: String,
+) -> Result<i32> {
+    use std::io::Write as _;
+    let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = client::ApiClient::new(api)?;
+    let (status, body) = api.get(&format!("/jobs/{id}/result")).await?;
+    if status != 200 {
+        bail!("{}", client::error_message(status, &body));
+    }
+    let (field, summary) = keyed_field(&body["result"], field)?;
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    );
+    let mut cursor = "0".to_owned();
+    loop {
+        let path =
+            format!("/jobs/{id}/result?field={field}&order={order}&limit=10000&cursor={cursor}");
+        let (status, page) = api.get(&path).await?;
+        if status != 200 {
+            bail!("{}", client::error_message(status, &page));
+        }
+        for entry in page["entries"].as_array().into_iter().flatten() {
+            writeln!(file, "{entry}")?;
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    file.flush()?;
+    eprintln!(
+        "wrote {} keys of `{field}` to {}",
+        summary.keys,
+        out.display()
+    );
     Ok(0)
 }
 

@@ -91,7 +91,10 @@ pub async fn finished(
     if let Some(Value::Object(result)) = outcome.as_ref().and_then(|o| o.result.as_ref()) {
         println!("result");
         for (k, v) in result {
-            println!("  {k:<12} {v}");
+            match orchestration::keyed::Summary::from_result(v) {
+                Some(summary) => print_keyed(k, &summary),
+                None => println!("  {k:<12} {v}"),
+            }
         }
     }
     println!("summary");
@@ -198,4 +201,21 @@ async fn job_stats(
         }
     }
     Ok(merged)
+}
+
+/// A keyed result: its size, total and top entries; the whole is in the blob store.
+fn print_keyed(name: &str, summary: &orchestration::keyed::Summary) {
+    let total = summary
+        .total
+        .as_ref()
+        .map(|t| format!(", total {t}"))
+        .unwrap_or_default();
+    println!("  {name:<12} {} keys{total}", summary.keys);
+    for (i, (key, value)) in summary.top.iter().enumerate() {
+        println!("    {:>2}. {key:<30} {value}", i + 1);
+    }
+    println!(
+        "    (all of it: `sluice result ID --out FILE`; sorted by key in {}, by value in {})",
+        summary.by_key, summary.by_value
+    );
 }

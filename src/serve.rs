@@ -45,7 +45,15 @@ async fn handle(
         ),
     };
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut out = (status, axum::Json(response.body)).into_response();
+    let mut out = match response.raw {
+        Some((media_type, bytes)) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, media_type)],
+            bytes,
+        )
+            .into_response(),
+        None => (status, axum::Json(response.body)).into_response(),
+    };
     for (name, value) in response.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             out.headers_mut().insert(name, value);

@@ -30,15 +30,21 @@ pub fn to_api_request(request: &Request) -> ApiRequest {
     }
 }
 
-/// The job API's response as an API Gateway response: JSON with its status and headers.
+/// The job API's response as an API Gateway response: JSON (or a raw result object) with
+/// its status and headers. API Gateway answers at most 6 MB (10 MB for HTTP APIs): page
+/// larger results.
 pub fn to_response(response: ApiResponse) -> Response<Body> {
+    let media_type = response.raw.as_ref().map_or("application/json", |r| r.0);
     let mut builder = Response::builder()
         .status(response.status)
-        .header("content-type", "application/json");
+        .header("content-type", media_type);
     for (name, value) in &response.headers {
         builder = builder.header(*name, value);
     }
-    let body = Body::Text(response.body.to_string());
+    let body = match response.raw {
+        Some((_, bytes)) => Body::Binary(bytes),
+        None => Body::Text(response.body.to_string()),
+    };
     builder.body(body).unwrap_or_else(|_| {
         let mut fallback = Response::new(Body::Text(
             r#"{"error":{"code":"internal","message":"unencodable response"}}"#.into(),

@@ -117,6 +117,7 @@ fn ledger(c: &mut Criterion) {
         job: JOB,
         attempt: 1,
         shards: 8,
+        keyed: None,
     };
     let partial = json!({ "messages": 100, "total_words": 500 });
     let partials = |first: u64, n: u64| -> Vec<(u64, Value)> {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use tracing::warn;
 
 use crate::job::{JobId, JobRequest, JobStatus, ValidationError};
+use crate::keyed;
 use crate::policy::Policy;
 use crate::ports::Telemetry;
 use crate::record::{self, JobRecord};
@@ -51,6 +52,9 @@ pub struct ApiResponse {
     pub body: Value,
     /// Extra headers (`Allow` on 405, `Location` on 202).
     pub headers: Vec<(&'static str, String)>,
+    /// A body that is not JSON (a whole keyed result object): its media type and bytes.
+    /// When set, it is the body, and `body` is ignored.
+    pub raw: Option<(&'static str, Vec<u8>)>,
 }
 
 impl ApiResponse {
@@ -59,6 +63,7 @@ impl ApiResponse {
             status,
             body,
             headers: Vec::new(),
+            raw: None,
         }
     }
 
@@ -152,6 +157,12 @@ impl Api {
             ("POST", "/jobs", _) => self.post_job(&req).await,
             ("GET", "/jobs", _) => self.list(req.query.as_deref()).await,
             ("GET", "/jobs/{id}", Some(id)) => self.get_job(&id).await,
+            ("GET", "/jobs/{id}/result", Some(id))
+                if req.query.as_deref().is_some_and(|q| !q.is_empty()) =>
+            {
+                self.get_keyed(&id, req.query.as_deref().unwrap_or(""))
+                    .await
+            }
             ("GET", "/jobs/{id}/result", Some(id)) => self.get_result(&id).await,
             ("DELETE", "/jobs/{id}", Some(id)) => self.delete_job(&id).await,
             _ => ApiResponse::error(404, "not_found", format!("no route {}", req.path), None),
@@ -266,6 +277,96 @@ impl Api {
                 None,
             ),
             Err(response) => response,
+        }
+    }
+
+    /// A page of a keyed result (`field`, `order`, `limit`, `cursor`), or the whole object
+    /// (`format=jsonl`).
+    async fn get_keyed(&self, id: &JobId, query: &str) -> ApiResponse {
+        let q = match KeyedQuery::parse(query) {
+            Ok(q) => q,
+            Err(e) => return ApiResponse::invalid(e),
+        };
+        let rec = match self.load(id).await {
+            Ok(rec) if rec.status.is_terminal() => rec,
+            Ok(rec) => {
+                return ApiResponse::error(
+                    409,
+                    "not_finished",
+                    format!("job {id} is {}; its result is not ready", rec.status),
+                    None,
+                )
+            }
+            Err(response) => return response,
+        };
+        let result = rec.outcome.as_ref().and_then(|o| o.result.as_ref());
+        let Some(summary) = result
+            .and_then(|r| r.get(&q.field))
+            .and_then(keyed::Summary::from_result)
+        else {
+            let keyed: Vec<String> = result
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, v)| keyed::Summary::from_result(v).is_some())
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            return ApiResponse::invalid(ValidationError::new(
+                "field",
+                format!(
+                    "job {id} has no keyed result `{}`; keyed fields: {}",
+                    q.field,
+                    if keyed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keyed.join(", ")
+                    }
+                ),
+            ));
+        };
+        let object = if q.by_value {
+            &summary.by_value
+        } else {
+            &summary.by_key
+        };
+        let blobs = self.svc.blobs.as_ref();
+        if q.whole {
+            return match blobs.get(object).await {
+                Ok(Some(bytes)) => ApiResponse {
+                    raw: Some(("application/x-ndjson", bytes)),
+                    ..ApiResponse::json(200, Value::Null)
+                },
+                Ok(None) => ApiResponse::error(
+                    410,
+                    "gone",
+                    format!("the result object {object} is gone"),
+                    None,
+                ),
+                Err(e) => ApiResponse::internal(e),
+            };
+        }
+        match keyed::page(blobs, object, q.cursor, q.limit).await {
+            Ok((entries, next)) => ApiResponse::json(
+                200,
+                json!({
+                    "job_id": id,
+                    "field": q.field,
+                    "order": if q.by_value { "value" } else { "key" },
+                    "keys": summary.keys,
+                    "entries": entries,
+                    "next_cursor": next.map(|n| n.to_string()),
+                }),
+            ),
+            Err(keyed::KeyedError::BadCursor(_)) => ApiResponse::invalid(ValidationError::new(
+                "cursor",
+                "is not a cursor this result gave out",
+            )),
+            Err(keyed::KeyedError::Missing(o)) => {
+                ApiResponse::error(410, "gone", format!("the result object {o} is gone"), None)
+            }
+            Err(e) => ApiResponse::internal(e),
         }
     }
 
@@ -389,6 +490,82 @@ pub fn parse_submission(body: Value) -> Result<(JobRequest, SubmitOptions), Vali
         }
     }
     Ok((JobRequest { job_type, params }, options))
+}
+
+/// Entries per page of a keyed result: default and most.
+const DEFAULT_KEYED_PAGE: usize = 100;
+const MAX_KEYED_PAGE: usize = 10_000;
+
+/// `GET /jobs/{id}/result?field=F&order=key|value&limit=N&cursor=C&format=json|jsonl`.
+#[derive(Debug, PartialEq)]
+struct KeyedQuery {
+    field: String,
+    by_value: bool,
+    limit: usize,
+    cursor: u64,
+    whole: bool,
+}
+
+impl KeyedQuery {
+    fn parse(query: &str) -> Result<Self, ValidationError> {
+        let mut q = KeyedQuery {
+            field: String::new(),
+            by_value: false,
+            limit: DEFAULT_KEYED_PAGE,
+            cursor: 0,
+            whole: false,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "field" => q.field = value.to_owned(),
+                "order" => {
+                    q.by_value = match value {
+                        "key" => false,
+                        "value" => true,
+                        _ => return Err(ValidationError::new("order", "must be key or value")),
+                    }
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=MAX_KEYED_PAGE).contains(l))
+                        .ok_or_else(|| {
+                            ValidationError::new(
+                                "limit",
+                                format!("must be an integer from 1 to {MAX_KEYED_PAGE}"),
+                            )
+                        })?
+                }
+                "cursor" => {
+                    q.cursor = value.parse().map_err(|_| {
+                        ValidationError::new("cursor", "is not a cursor this result gave out")
+                    })?
+                }
+                "format" => {
+                    q.whole = match value {
+                        "json" => false,
+                        "jsonl" => true,
+                        _ => return Err(ValidationError::new("format", "must be json or jsonl")),
+                    }
+                }
+                other => {
+                    return Err(ValidationError::new(
+                        other,
+                        "unknown parameter; known: field, order, limit, cursor, format",
+                    ))
+                }
+            }
+        }
+        if q.field.is_empty() {
+            return Err(ValidationError::new(
+                "field",
+                "is required: the keyed field of the result to page through",
+            ));
+        }
+        Ok(q)
+    }
 }
 
 type ListQuery = (Option<JobStatus>, usize, Option<String>);

@@ -56,6 +56,8 @@ pub enum DaemonError {
     MalformedTick(String),
     #[error(transparent)]
     Reserve(#[from] crate::reserve::ReserveError),
+    #[error(transparent)]
+    Keyed(#[from] crate::keyed::KeyedError),
 }
 
 /// The stage name under which a composite job's failed parts are dead-lettered.
@@ -338,6 +340,19 @@ impl Fenced {
             job: self.rec.id.as_str(),
             attempt: self.rec.attempt,
             shards: self.svc.settings.aggregate_shards,
+            keyed: None,
+        }
+    }
+
+    /// The ledger that can commit a keyed flow's partials.
+    fn keyed_ledger<'b>(&'b self, flow: &'b Flow) -> Ledger<'b> {
+        Ledger {
+            keyed: flow.keyed.as_ref().map(|spec| crate::ledger::Keyed {
+                spec,
+                blobs: self.svc.blobs.as_ref(),
+                partitions: self.rec.shuffle_partitions.unwrap_or(1),
+            }),
+            ..self.ledger()
         }
     }
 
@@ -384,19 +399,114 @@ impl Fenced {
             crash.checkpoint()?;
             self.keep_lease().await?;
         }
-        self.drain_dead_letters(&flow).await?;
+        if let Some(r) = self.drain_dead_letters(&flow).await? {
+            let error =
+                format!("reduce partition {r} of the shuffle could not be merged (dead-lettered)");
+            return self.finish(JobStatus::Failed, None, Some(error)).await;
+        }
         crash.checkpoint()?;
         self.keep_lease().await?;
         let mut finished = 0;
         if self.rec.planned {
             match self.completion().await? {
+                Progress::Complete { reduced, dead } if flow.keyed.is_some() => {
+                    if self.merge(&flow, reduced, dead).await? {
+                        return Ok(());
+                    }
+                    finished = self.rec.total_partitions.unwrap_or(0);
+                }
                 Progress::Complete { reduced, dead } => {
-                    return self.complete(&flow, reduced, dead).await
+                    return self.complete(&flow, reduced, dead, None).await
                 }
                 Progress::Running { finished: f } => finished = f,
             }
         }
         self.apply_policy(&flow, finished).await
+    }
+
+    /// A keyed job whose input partitions are all in: merge its reduce partitions (merge
+    /// tasks on the merge stage; inline for a composite, which has no stages), then
+    /// complete with the merged result. True when the job has ended.
+    async fn merge(
+        &mut self,
+        flow: &Flow,
+        reduced: u64,
+        dead: Vec<u64>,
+    ) -> Result<bool, DaemonError> {
+        let total = self.rec.total_partitions.unwrap_or(0);
+        if !dead.is_empty() && (reduced as f64) < self.rec.min_coverage * total as f64 {
+            // It will fail on coverage: no point merging.
+            self.complete(flow, reduced, dead, None).await?;
+            return Ok(true);
+        }
+        let Some(spec) = flow.keyed.as_ref() else {
+            return Ok(false);
+        };
+        let r = self.rec.shuffle_partitions.unwrap_or(1);
+        let mut merged = self.ledger().merged().await?;
+        if merged.len() as u32 >= r {
+            self.complete(flow, reduced, dead, Some(merged)).await?;
+            return Ok(true);
+        }
+        let id = self.rec.id.to_string();
+        let attempt = self.rec.attempt;
+        let merge_stage = flow.merge_stage().map(|s| s.name.clone());
+        let queue = merge_stage.as_ref().and_then(|name| {
+            self.rec
+                .stages
+                .iter()
+                .find(|s| &s.name == name)
+                .map(|s| s.queue_url.clone())
+        });
+        if self.rec.merging && queue.is_some() {
+            return Ok(false);
+        }
+        let deltas = self.ledger().deltas().await?;
+        let Some(queue) = queue else {
+            // A composite: its parts are few and small, so merge here.
+            let blobs = self.svc.blobs.as_ref();
+            let missing: Vec<u32> = (0..r).filter(|p| !merged.contains_key(p)).collect();
+            for p in missing {
+                let summaries =
+                    crate::keyed::merge_reduce_partition(blobs, spec, &deltas, &id, attempt, p)
+                        .await?;
+                self.ledger().record_merged(p, &summaries).await?;
+                merged.insert(p, summaries);
+            }
+            self.complete(flow, reduced, dead, Some(merged)).await?;
+            return Ok(true);
+        };
+        let manifest = format!(
+            "{}manifest.json",
+            crate::keyed::shuffle_prefix(&id, attempt)
+        );
+        let bytes = serde_json::to_vec(&deltas).map_err(|e| {
+            crate::envelope::EnvelopeError::Malformed(format!("merge manifest: {e}"))
+        })?;
+        self.svc.blobs.put(&manifest, bytes).await?;
+        let mut messages = Vec::with_capacity(r as usize);
+        for p in (0..r).filter(|p| !merged.contains_key(p)) {
+            let envelope = Envelope {
+                job: id.clone(),
+                attempt,
+                stage: merge_stage.clone().unwrap_or_default(),
+                partition: u64::from(p),
+                payload: Some(json!(crate::worker::MergeTask {
+                    manifest: manifest.clone(),
+                    r: p,
+                })),
+                payload_ref: None,
+            };
+            messages.push(OutgoingMessage::new(
+                envelope.encode(self.svc.blobs.as_ref()).await?,
+            ));
+        }
+        // Re-sent if we die before recording `merging`: a repeated task rewrites the same
+        // part and finds its marker written.
+        self.svc.queues.send(&queue, messages).await?;
+        self.update(|r| r.merging = true).await?;
+        info!(job_id = %self.rec.id, partitions = r, deltas = deltas.len(), "merging");
+        Ok(false)
     }
 
     /// A composite job runs no stages of its own: its parts are jobs (submitted here, so
@@ -429,6 +539,7 @@ impl Fenced {
             self.update(move |r| {
                 r.parts = ids.clone();
                 r.parts_computed = computed.clone();
+                r.shuffle_partitions = Some(1);
                 r.total_partitions = Some(total);
                 r.planned = true;
                 r.status = JobStatus::Running;
@@ -454,8 +565,11 @@ impl Fenced {
             };
             let part = part.record;
             match (part.status, part.outcome.and_then(|o| o.result)) {
-                (JobStatus::Done, Some(result)) => {
-                    ledger
+                (JobStatus::Done, Some(mut result)) => {
+                    if let Some(spec) = &flow.keyed {
+                        refer_to_keyed_results(spec, &mut result);
+                    }
+                    self.keyed_ledger(flow)
                         .commit(reduce.as_ref(), vec![(i as u64, result)])
                         .await?;
                 }
@@ -468,7 +582,11 @@ impl Fenced {
         }
         crash.checkpoint()?;
         if let Progress::Complete { reduced, dead } = self.completion().await? {
-            return self.complete(flow, reduced, dead).await;
+            if flow.keyed.is_some() {
+                self.merge(flow, reduced, dead).await?;
+                return Ok(());
+            }
+            return self.complete(flow, reduced, dead, None).await;
         }
         Ok(())
     }
@@ -584,7 +702,12 @@ impl Fenced {
             }
         };
         let total = plan.total_partitions;
-        self.update(|r| r.total_partitions = Some(total)).await?;
+        let shuffle = flow.keyed.as_ref().map(|k| k.partitions(plan.input_bytes));
+        self.update(|r| {
+            r.total_partitions = Some(total);
+            r.shuffle_partitions = shuffle;
+        })
+        .await?;
         let (Some(feed), Some(first)) = (self.rec.stages.first(), flow.stages.first()) else {
             return Ok(());
         };
@@ -611,11 +734,14 @@ impl Fenced {
 
     /// Moves dead-lettered messages into the ledger's dead set (and the blob store, for
     /// people to inspect), then deletes them from the DLQ.
-    async fn drain_dead_letters(&mut self, flow: &Flow) -> Result<(), DaemonError> {
+    /// Returns a reduce partition whose merge task was dead-lettered: the job cannot end
+    /// with a whole result.
+    async fn drain_dead_letters(&mut self, flow: &Flow) -> Result<Option<u64>, DaemonError> {
         let Some(dlq) = self.rec.dlq_url.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut drained = 0;
+        let mut merge_failed = None;
         while drained < DLQ_DRAIN_PER_TICK {
             let batch = self
                 .svc
@@ -630,6 +756,10 @@ impl Fenced {
             let mut dead: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for m in &batch {
                 match Envelope::parse(&m.body) {
+                    Ok(env) if flow.merge_stage().is_some_and(|m| m.name == env.stage) => {
+                        warn!(job_id = %self.rec.id, r = env.partition, "merge task dead-lettered");
+                        merge_failed = Some(env.partition);
+                    }
                     Ok(env) => {
                         let is_source = matches!(
                             flow.stage(&env.stage).map(|(_, s)| &s.step),
@@ -668,7 +798,7 @@ impl Fenced {
                 .delete(&dlq, batch.into_iter().map(|m| m.receipt_handle).collect())
                 .await?;
         }
-        Ok(())
+        Ok(merge_failed)
     }
 
     /// Exact completion: the ledger's reduced partitions plus the dead-lettered partitions
@@ -705,13 +835,35 @@ impl Fenced {
         flow: &Flow,
         reduced: u64,
         dead: Vec<u64>,
+        merged: Option<BTreeMap<u32, BTreeMap<String, crate::keyed::Summary>>>,
     ) -> Result<(), DaemonError> {
         let Some(reduce) = flow.reduce() else {
             return self
                 .finish(JobStatus::Failed, None, Some("flow has no reduce".into()))
                 .await;
         };
-        let (_, aggregate) = self.ledger().totals(reduce.as_ref()).await?;
+        let (_, mut aggregate) = self.ledger().totals(reduce.as_ref()).await?;
+        if let (Some(spec), Some(merged)) = (&flow.keyed, merged) {
+            for field in &spec.fields {
+                let parts: Vec<_> = merged
+                    .values()
+                    .filter_map(|fields| fields.get(&field.name).cloned())
+                    .collect();
+                let (by_key, by_value) =
+                    crate::keyed::result_objects(self.rec.id.as_str(), &field.name);
+                let summary = crate::keyed::finish_field(
+                    self.svc.blobs.as_ref(),
+                    field,
+                    &parts,
+                    &by_key,
+                    &by_value,
+                )
+                .await?;
+                if let Some(object) = aggregate.as_object_mut() {
+                    object.insert(field.name.clone(), summary.to_result());
+                }
+            }
+        }
         let total = self.rec.total_partitions.unwrap_or(0);
         let coverage = if total == 0 {
             1.0
@@ -837,9 +989,12 @@ impl Fenced {
         {
             reserve::apply(&self.svc, &reserve::distinct(&self.stage_functions())).await?;
         }
-        let prefix = format!("payloads/{}/{}/", self.rec.id, self.rec.attempt);
-        for key in self.svc.blobs.list(&prefix).await? {
-            self.svc.blobs.delete(&key).await?;
+        let payloads = format!("payloads/{}/{}/", self.rec.id, self.rec.attempt);
+        let shuffle = crate::keyed::shuffle_prefix(self.rec.id.as_str(), self.rec.attempt);
+        for prefix in [payloads, shuffle] {
+            for key in self.svc.blobs.list(&prefix).await? {
+                self.svc.blobs.delete(&key).await?;
+            }
         }
         self.update(|r| r.torn_down = true).await?;
         info!(job_id = %self.rec.id, "torn down");
@@ -965,6 +1120,31 @@ impl Fenced {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// A composite's part result: its keyed summaries become references to the part's sorted
+/// result objects, which the composite's merge reads (the summaries are not the data).
+fn refer_to_keyed_results(spec: &crate::keyed::Spec, result: &mut serde_json::Value) {
+    let mut delta = crate::keyed::Delta::default();
+    if let Some(object) = result.as_object_mut() {
+        for field in &spec.fields {
+            let summary = object
+                .get(&field.name)
+                .and_then(crate::keyed::Summary::from_result);
+            if let Some(summary) = summary {
+                object.remove(&field.name);
+                delta.segments.push(crate::keyed::Segments {
+                    field: field.name.clone(),
+                    object: summary.by_key,
+                    offsets: vec![0, summary.bytes],
+                    jsonl: true,
+                });
+            }
+        }
+        if !delta.is_empty() {
+            object.insert(crate::keyed::SHUFFLE_FIELD.into(), json!(delta));
+        }
     }
 }
 

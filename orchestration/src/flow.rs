@@ -64,6 +64,8 @@ pub enum Step {
     Source(Arc<dyn Source>),
     Transform(Arc<dyn Transform>),
     Reduce(Arc<dyn Reduce>),
+    /// A keyed flow's last stage: reduce partition `r` of the shuffle, merged and sorted.
+    Merge,
 }
 
 #[derive(Clone)]
@@ -76,12 +78,16 @@ pub struct Stage {
     pub step: Step,
 }
 
-/// A validated job's pipeline: a source, transforms, and a reduce, in that order.
+/// A validated job's pipeline: a source, transforms, and a reduce, in that order (and, for
+/// a keyed flow, the merge of its reduce partitions).
 #[derive(Clone)]
 pub struct Flow {
     pub stages: Vec<Stage>,
     /// The job's input size n (messages, records): what static policies scale with.
     pub size: u64,
+    /// The partials' keyed fields (counts per word, per city): shuffled into reduce
+    /// partitions and merged into result objects, never held in one item.
+    pub keyed: Option<crate::keyed::Spec>,
 }
 
 impl Flow {
@@ -97,10 +103,35 @@ impl Flow {
     }
 
     pub fn reduce(&self) -> Option<&Arc<dyn Reduce>> {
-        match self.stages.last().map(|s| &s.step) {
-            Some(Step::Reduce(reduce)) => Some(reduce),
+        self.stages.iter().rev().find_map(|s| match &s.step {
+            Step::Reduce(reduce) => Some(reduce),
             _ => None,
-        }
+        })
+    }
+
+    /// The index of the reduce stage.
+    pub fn reduce_index(&self) -> Option<usize> {
+        self.stages
+            .iter()
+            .position(|s| matches!(s.step, Step::Reduce(_)))
+    }
+
+    /// The merge stage of a keyed flow.
+    pub fn merge_stage(&self) -> Option<&Stage> {
+        self.stages.iter().find(|s| matches!(s.step, Step::Merge))
+    }
+
+    /// Makes the flow keyed: its reduce's partials carry `spec`'s fields as maps, shuffled
+    /// and merged by a `merge` stage in the reduce function.
+    pub fn keyed(mut self, spec: crate::keyed::Spec) -> Self {
+        self.stages.push(Stage {
+            name: "merge".into(),
+            function: Function::Reduce,
+            component: "merge",
+            step: Step::Merge,
+        });
+        self.keyed = Some(spec);
+        self
     }
 }
 

@@ -1,6 +1,11 @@
 //! Exactly-once aggregation. Every reduced partition leaves a marker, written in the same
 //! transaction as the aggregate update that adds its partial; a partition whose marker
 //! exists is never added again, however often its message is delivered.
+//!
+//! A keyed job's partials also carry a reference to their shuffled keyed data
+//! ([`keyed::Delta`]): the reference is recorded in the same transaction as the markers it
+//! covers, so the merge at the end reads each input partition's keys exactly once. Small
+//! deltas of one commit are combined into one first (fewer objects for the merge to read).
 
 use std::collections::BTreeMap;
 
@@ -8,8 +13,11 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::components::{ComponentError, Reduce};
-use crate::ports::{Condition, JobStore, StoreError, TxOp, MAX_TRANSACTION_ITEMS};
-use crate::record::{dead_key, marker_key, run_pk, shard_key};
+use crate::keyed::{self, Delta, KeyedError, Spec, Summary};
+use crate::ports::{Blobs, Condition, JobStore, Key, StoreError, TxOp, MAX_TRANSACTION_ITEMS};
+use crate::record::{
+    dead_key, delta_key, delta_pks, marker_key, merged_key, merged_pk, run_pk, shard_key,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -17,6 +25,8 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Component(#[from] ComponentError),
+    #[error(transparent)]
+    Keyed(#[from] KeyedError),
     #[error("aggregate shard {0} is corrupt: {1}")]
     Corrupt(String, String),
     #[error("gave up after {0} conflicting attempts")]
@@ -31,21 +41,38 @@ pub struct CommitOutcome {
     pub duplicates: u64,
 }
 
+/// What a keyed ledger needs besides the store.
+#[derive(Clone, Copy)]
+pub struct Keyed<'a> {
+    pub spec: &'a Spec,
+    pub blobs: &'a dyn Blobs,
+    /// The job's reduce partitions (R).
+    pub partitions: u32,
+}
+
 /// One job attempt's ledger.
 pub struct Ledger<'a> {
     pub store: &'a dyn JobStore,
     pub job: &'a str,
     pub attempt: u32,
     pub shards: u32,
+    /// Set for a keyed job: partials may carry shuffle references.
+    pub keyed: Option<Keyed<'a>>,
 }
 
 const MAX_CONFLICTS: u32 = 64;
+/// Deltas of one commit are combined into one when together they are at most this large
+/// (many small partials); larger ones are referenced as they are (no copy).
+const COMBINE_MAX_BYTES: u64 = 8 << 20;
 
 struct Shard {
     version: Option<u64>,
     partitions: u64,
     state: Value,
 }
+
+/// A partition's partial: its small values, and its shuffled keyed data.
+type Pending = (u64, Value, Option<Delta>);
 
 impl<'a> Ledger<'a> {
     async fn read_shard(&self, shard: u32, reduce: &dyn Reduce) -> Result<Shard, LedgerError> {
@@ -57,7 +84,7 @@ impl<'a> Ledger<'a> {
                 state: reduce.zero(),
             });
         };
-        let corrupt = |what: &str| LedgerError::Corrupt(key.sk.clone(), what.to_owned());
+        let corrupt = |what: &str| LedgerError::Corrupt(key.pk.clone(), what.to_owned());
         Ok(Shard {
             version: Some(item.version),
             partitions: item
@@ -86,9 +113,33 @@ impl<'a> Ledger<'a> {
             recorded: 0,
             duplicates: input - unique.len() as u64,
         };
-        let mut pending: Vec<(u64, Value)> = unique.into_iter().collect();
+        let mut pending = Vec::with_capacity(unique.len());
+        for (p, mut partial) in unique {
+            let shuffled = partial
+                .as_object_mut()
+                .and_then(|o| o.remove(keyed::SHUFFLE_FIELD));
+            let delta = match (shuffled, self.keyed) {
+                (Some(v), Some(_)) => Some(Delta::from_value(&v)?),
+                (Some(_), None) => {
+                    return Err(ComponentError::Malformed(format!(
+                        "partition {p} carries shuffled data, but the job is not keyed"
+                    ))
+                    .into())
+                }
+                // Keyed fields that came as JSON (no map side wrote them): shuffle them here.
+                (None, Some(k)) => self.shuffle_here(k, p, &mut partial).await?,
+                (None, None) => None,
+            };
+            pending.push((p, partial, delta));
+        }
+        // A chunk's markers, its shard, and a delta per partition fit one transaction.
+        let per_chunk = if pending.iter().any(|p| p.2.is_some()) {
+            (MAX_TRANSACTION_ITEMS - 1) / 2
+        } else {
+            MAX_TRANSACTION_ITEMS - 1
+        };
         while !pending.is_empty() {
-            let rest = pending.split_off(pending.len().min(MAX_TRANSACTION_ITEMS - 1));
+            let rest = pending.split_off(pending.len().min(per_chunk));
             let (recorded, duplicates) = self.commit_chunk(reduce, pending).await?;
             outcome.recorded += recorded;
             outcome.duplicates += duplicates;
@@ -97,24 +148,88 @@ impl<'a> Ledger<'a> {
         Ok(outcome)
     }
 
+    async fn shuffle_here(
+        &self,
+        k: Keyed<'_>,
+        partition: u64,
+        partial: &mut Value,
+    ) -> Result<Option<Delta>, LedgerError> {
+        let maps: Vec<_> = keyed::take_fields(k.spec, partial)?
+            .into_iter()
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        if maps.is_empty() {
+            return Ok(None);
+        }
+        let object = keyed::map_object(self.job, self.attempt, partition);
+        let (bytes, delta) = keyed::shuffle_bytes(&maps, k.partitions, &object);
+        k.blobs
+            .put(&object, bytes)
+            .await
+            .map_err(KeyedError::from)?;
+        Ok(Some(delta))
+    }
+
+    /// The delta records a chunk writes: one combined delta for many small ones, or each
+    /// as it is.
+    async fn deltas_for(&self, chunk: &[Pending]) -> Result<Vec<(Key, Delta)>, LedgerError> {
+        let refs: Vec<(u64, &Delta)> = chunk
+            .iter()
+            .filter_map(|(p, _, d)| d.as_ref().filter(|d| !d.is_empty()).map(|d| (*p, d)))
+            .collect();
+        let Some(keyed) = self.keyed else {
+            return Ok(Vec::new());
+        };
+        let bytes: u64 = refs.iter().map(|(_, d)| d.bytes()).sum();
+        let r = keyed.partitions;
+        let combinable = refs
+            .iter()
+            .all(|(_, d)| d.segments.iter().all(|s| !s.jsonl));
+        if refs.len() >= 2 && bytes <= COMBINE_MAX_BYTES && combinable {
+            let first = refs[0].0;
+            let name = format!("c{first:020}-{:016x}", rand::rng().random::<u64>());
+            let object = format!("{}d/{name}", keyed::shuffle_prefix(self.job, self.attempt));
+            let deltas: Vec<Delta> = refs.iter().map(|(_, d)| (*d).clone()).collect();
+            let combined = keyed::combine(keyed.blobs, keyed.spec, &deltas, r, &object).await?;
+            return Ok(vec![(
+                delta_key(self.job, self.attempt, first, &name),
+                combined,
+            )]);
+        }
+        Ok(refs
+            .into_iter()
+            .map(|(p, d)| {
+                (
+                    delta_key(self.job, self.attempt, p, &format!("p{p:020}")),
+                    d.clone(),
+                )
+            })
+            .collect())
+    }
+
     async fn commit_chunk(
         &self,
         reduce: &dyn Reduce,
-        mut chunk: Vec<(u64, Value)>,
+        mut chunk: Vec<Pending>,
     ) -> Result<(u64, u64), LedgerError> {
         let mut duplicates = 0;
+        // The deltas of the chunk as it was when they were made (redone if it shrinks).
+        let mut deltas: Option<(usize, Vec<(Key, Delta)>)> = None;
         for _ in 0..MAX_CONFLICTS {
             if chunk.is_empty() {
                 return Ok((0, duplicates));
             }
+            if deltas.as_ref().map(|d| d.0) != Some(chunk.len()) {
+                deltas = Some((chunk.len(), self.deltas_for(&chunk).await?));
+            }
             let shard = rand::rng().random_range(0..self.shards.max(1));
             let mut current = self.read_shard(shard, reduce).await?;
-            for (_, partial) in &chunk {
+            for (_, partial, _) in &chunk {
                 reduce.fold(&mut current.state, partial)?;
             }
             let mut ops: Vec<TxOp> = chunk
                 .iter()
-                .map(|(p, _)| TxOp::Put {
+                .map(|(p, _, _)| TxOp::Put {
                     key: marker_key(self.job, self.attempt, *p),
                     attrs: Default::default(),
                     condition: Condition::NotExists,
@@ -133,6 +248,16 @@ impl<'a> Ledger<'a> {
                     .version
                     .map_or(Condition::NotExists, Condition::VersionIs),
             });
+            for (key, delta) in deltas.iter().flat_map(|d| d.1.iter()) {
+                let mut attrs = crate::ports::Attributes::new();
+                attrs.insert("delta".into(), json!(delta));
+                // Unconditional: a delta is written only beside markers that are new.
+                ops.push(TxOp::Put {
+                    key: key.clone(),
+                    attrs,
+                    condition: Condition::Always,
+                });
+            }
             match self.store.transact(ops).await {
                 Ok(()) => return Ok((chunk.len() as u64, duplicates)),
                 Err(StoreError::TransactionCanceled { failed }) => {
@@ -193,6 +318,88 @@ impl<'a> Ledger<'a> {
             .is_some())
     }
 
+    /// Every item under `pk` whose sort key starts with `prefix`, page by page.
+    async fn query_all(
+        &self,
+        pk: &str,
+        prefix: &str,
+    ) -> Result<Vec<crate::ports::Item>, LedgerError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.query(pk, prefix, after.as_deref(), 1000).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Every delta recorded: what the merge reads.
+    pub async fn deltas(&self) -> Result<Vec<Delta>, LedgerError> {
+        let mut out = Vec::new();
+        for pk in delta_pks(self.job, self.attempt) {
+            for item in self.query_all(&pk, "d#").await? {
+                let v = item
+                    .attrs
+                    .get("delta")
+                    .ok_or_else(|| LedgerError::Corrupt(item.key.sk.clone(), "no delta".into()))?;
+                out.push(Delta::from_value(v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that reduce partition `r` is merged, with its fields' summaries. False if it
+    /// was recorded before (a duplicate merge task: the same bytes were written again).
+    pub async fn record_merged(
+        &self,
+        r: u32,
+        summaries: &BTreeMap<String, Summary>,
+    ) -> Result<bool, LedgerError> {
+        let mut attrs = crate::ports::Attributes::new();
+        attrs.insert("fields".into(), json!(summaries));
+        match self
+            .store
+            .put(
+                &merged_key(self.job, self.attempt, r),
+                attrs,
+                Condition::NotExists,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The reduce partitions merged so far, with their summaries, by partition.
+    pub async fn merged(&self) -> Result<BTreeMap<u32, BTreeMap<String, Summary>>, LedgerError> {
+        let mut out = BTreeMap::new();
+        for item in self
+            .query_all(&merged_pk(self.job, self.attempt), "m#")
+            .await?
+        {
+            let corrupt = |what: &str| LedgerError::Corrupt(item.key.sk.clone(), what.into());
+            let r: u32 = item
+                .key
+                .sk
+                .strip_prefix("m#")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt("bad key"))?;
+            let fields = item
+                .attrs
+                .get("fields")
+                .cloned()
+                .ok_or_else(|| corrupt("no fields"))?;
+            let fields = serde_json::from_value(fields).map_err(|e| corrupt(&e.to_string()))?;
+            out.insert(r, fields);
+        }
+        Ok(out)
+    }
+
     /// Records partitions dead-lettered at `stage` (idempotent).
     pub async fn record_dead(
         &self,
@@ -217,32 +424,22 @@ impl<'a> Ledger<'a> {
     pub async fn dead_letters(&self) -> Result<Vec<(u64, String)>, LedgerError> {
         let pk = run_pk(self.job, self.attempt);
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .query(&pk, "dead#", after.as_deref(), 1000)
-                .await?;
-            for item in &page.items {
-                if let Some(p) = item
-                    .key
-                    .sk
-                    .strip_prefix("dead#")
-                    .and_then(|s| s.parse().ok())
-                {
-                    let stage = item
-                        .attrs
-                        .get("stage")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    out.push((p, stage.to_owned()));
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(out),
+        for item in self.query_all(&pk, "dead#").await? {
+            if let Some(p) = item
+                .key
+                .sk
+                .strip_prefix("dead#")
+                .and_then(|s| s.parse().ok())
+            {
+                let stage = item
+                    .attrs
+                    .get("stage")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                out.push((p, stage.to_owned()));
             }
         }
+        Ok(out)
     }
 
     pub async fn dead_partitions(&self) -> Result<Vec<u64>, LedgerError> {
@@ -283,6 +480,7 @@ mod tests {
             job: "j",
             attempt: 1,
             shards: 4,
+            keyed: None,
         };
         let first = ledger.commit(&Sum, partials(0..3)).await.unwrap();
         assert_eq!(
@@ -317,6 +515,7 @@ mod tests {
             job: "j",
             attempt: 1,
             shards: 2,
+            keyed: None,
         };
         let out = ledger.commit(&Sum, partials(0..250)).await.unwrap();
         assert_eq!(out.recorded, 250);
@@ -335,6 +534,7 @@ mod tests {
                     job: "j",
                     attempt: 1,
                     shards: 2,
+                    keyed: None,
                 };
                 // Every task commits 0..120 in its own order of chunks.
                 let mut all = partials(0..120);
@@ -352,6 +552,7 @@ mod tests {
             job: "j",
             attempt: 1,
             shards: 2,
+            keyed: None,
         };
         let (count, total) = ledger.totals(&Sum).await.unwrap();
         assert_eq!(count, 120);
@@ -366,6 +567,7 @@ mod tests {
             job: "j",
             attempt: 1,
             shards: 1,
+            keyed: None,
         };
         let bad = vec![(0, json!({"n": 1})), (1, json!({"n": "x"}))];
         assert!(ledger.commit(&Sum, bad).await.is_err());
@@ -381,12 +583,14 @@ mod tests {
             job: "j",
             attempt: 1,
             shards: 1,
+            keyed: None,
         };
         let two = Ledger {
             store: store.as_ref(),
             job: "j",
             attempt: 2,
             shards: 1,
+            keyed: None,
         };
         one.commit(&Sum, partials(0..2)).await.unwrap();
         assert_eq!(two.reduced_count().await.unwrap(), 0);

@@ -16,6 +16,8 @@
 //! - [`meter`]: port decorators that count requests in AWS's billing units.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines (the alarms' metrics).
 //! - [`ledger`]: exactly-once aggregation (partition markers + aggregate in one transaction).
+//! - [`keyed`]: keyed aggregation: map-side combining, the shuffle into R reduce partitions
+//!   through the blob store, merging, sorted result objects and their pages.
 //! - [`reserve`]: reserved concurrency across jobs (grants under one budget, first come
 //!   first served, conditional writes).
 //! - [`sim`]: a discrete-event model of AWS running the real policy and reservation code.
@@ -40,6 +42,7 @@ pub mod faults;
 pub mod flow;
 pub mod job;
 pub mod jobs;
+pub mod keyed;
 pub mod ledger;
 pub mod local;
 pub mod meter;

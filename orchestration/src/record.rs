@@ -3,8 +3,12 @@
 //! Layout (one table, DynamoDB style):
 //! - `job#{id}` / `job`: the [`JobRecord`].
 //! - `jobs` / `{created_ms}#{id}`: the job list, in creation order.
-//! - `run#{id}#{attempt}` / `p#{partition}`: ledger markers (one per reduced partition).
-//! - `run#{id}#{attempt}` / `agg#{shard}`: aggregate shards.
+//! - `run#{id}#{attempt}#p{partition % 32}` / `p#{partition}`: ledger markers (one per
+//!   reduced partition), spread over 32 partition keys so no key takes every commit's writes.
+//! - `run#{id}#{attempt}#a{shard}` / `agg`: the small aggregate's shards, a key each.
+//! - `run#{id}#{attempt}#d{n % 32}` / `d#{name}`: keyed deltas (references to shuffled data
+//!   in the blob store), written in the transaction of the markers they cover.
+//! - `run#{id}#{attempt}#m` / `m#{r}`: reduce partitions merged, with their summaries.
 //! - `run#{id}#{attempt}` / `dead#{partition}`: dead-lettered partitions.
 
 use serde::{Deserialize, Serialize};
@@ -30,12 +34,41 @@ pub fn run_pk(id: &str, attempt: u32) -> String {
     format!("run#{id}#{attempt}")
 }
 
+/// Partition keys the markers (and the deltas) of one job attempt are spread over: each
+/// takes 1/32 of the commits' writes (DynamoDB serves ~1,000 write units/s per partition).
+pub const SPREAD_KEYS: u64 = 32;
+
 pub fn marker_key(id: &str, attempt: u32, partition: u64) -> Key {
-    Key::new(run_pk(id, attempt), format!("p#{partition:020}"))
+    Key::new(
+        format!("{}#p{}", run_pk(id, attempt), partition % SPREAD_KEYS),
+        format!("p#{partition:020}"),
+    )
 }
 
 pub fn shard_key(id: &str, attempt: u32, shard: u32) -> Key {
-    Key::new(run_pk(id, attempt), format!("agg#{shard:04}"))
+    Key::new(format!("{}#a{shard}", run_pk(id, attempt)), "agg")
+}
+
+/// The partition keys of a job attempt's deltas.
+pub fn delta_pks(id: &str, attempt: u32) -> impl Iterator<Item = String> + '_ {
+    (0..SPREAD_KEYS).map(move |n| format!("{}#d{n}", run_pk(id, attempt)))
+}
+
+/// A delta's key: its partition key chosen by the name's first partition number (`p{n}` or
+/// `c{n}-…`), so deltas spread as markers do.
+pub fn delta_key(id: &str, attempt: u32, first_partition: u64, name: &str) -> Key {
+    Key::new(
+        format!("{}#d{}", run_pk(id, attempt), first_partition % SPREAD_KEYS),
+        format!("d#{name}"),
+    )
+}
+
+pub fn merged_pk(id: &str, attempt: u32) -> String {
+    format!("{}#m", run_pk(id, attempt))
+}
+
+pub fn merged_key(id: &str, attempt: u32, r: u32) -> Key {
+    Key::new(merged_pk(id, attempt), format!("m#{r:04}"))
 }
 
 pub fn dead_key(id: &str, attempt: u32, partition: u64) -> Key {
@@ -110,6 +143,12 @@ pub struct JobRecord {
     /// The source has sent every feed task: with the total known, completion can be judged.
     #[serde(default)]
     pub planned: bool,
+    /// Reduce partitions (R) of a keyed job's shuffle, chosen when it is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_partitions: Option<u32>,
+    /// A keyed job's merge tasks have been sent (every input partition is in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merging: bool,
     #[serde(default)]
     pub cancel_requested: bool,
     /// A composite job's parts (see `JobType::parts`), in partition order.
@@ -151,6 +190,8 @@ impl JobRecord {
             stages: Vec::new(),
             total_partitions: None,
             planned: false,
+            shuffle_partitions: None,
+            merging: false,
             cancel_requested: false,
             parts: Vec::new(),
             parts_computed: Vec::new(),

@@ -81,6 +81,7 @@ pub async fn view(
         job: rec.id.as_str(),
         attempt: rec.attempt,
         shards: svc.settings.aggregate_shards,
+        keyed: None,
     };
     let reduced = ledger.reduced_count().await?;
     let mut dead_by_stage: BTreeMap<String, u64> = BTreeMap::new();

@@ -14,7 +14,8 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::faults::CrashPoint;
 use crate::flow::{Flow, Function, Step};
 use crate::job::JobId;
-use crate::ledger::{Ledger, LedgerError};
+use crate::keyed::{self, KeyedError, KeyedMap};
+use crate::ledger::{self, Ledger, LedgerError};
 use crate::ports::{OutgoingMessage, QueueError, StoreError};
 use crate::record;
 use crate::services::Services;
@@ -41,6 +42,8 @@ enum ItemError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Keyed(#[from] KeyedError),
     #[error("stage `{0}` does not run in function `{1}`")]
     WrongFunction(String, Function),
     #[error("injected poison partition {0}")]
@@ -56,6 +59,15 @@ struct JobContext {
     queue: HashMap<String, String>,
     /// Queue URL of the stage after each stage.
     next_queue: HashMap<String, String>,
+    /// A keyed job's reduce partitions (R).
+    shuffle_partitions: u32,
+}
+
+/// A merge task: reduce partition `r` of the shuffle whose deltas the manifest lists.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MergeTask {
+    pub manifest: String,
+    pub r: u32,
 }
 
 /// A partial for the reduce: (message id, partition, partial).
@@ -102,6 +114,7 @@ impl StageHandler {
         let mut reduces: HashMap<(String, u32), Vec<Partial>> = HashMap::new();
 
         let mut retry: Vec<(String, String, u32)> = Vec::new(); // (message id, receipt, count)
+        let mut items = Vec::with_capacity(event.records.len());
         for message in event.records {
             let id = message
                 .message_id
@@ -114,7 +127,28 @@ impl StageHandler {
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(1);
             let span = tracing::debug_span!("message", function = %self.function, message_id = %id);
-            match self.process(message).instrument(span).await {
+            items.push((
+                id,
+                receipt,
+                receive_count,
+                self.process(message).instrument(span),
+            ));
+        }
+        // The reduce function's messages are processed together: a reduce's are cheap (the
+        // commit is one per batch, below), and a batch of merge tasks merges in parallel.
+        let concurrent = self.function == Function::Reduce;
+        let mut outcomes = Vec::with_capacity(items.len());
+        if concurrent {
+            let (meta, work): (Vec<_>, Vec<_>) =
+                items.into_iter().map(|(a, b, c, f)| ((a, b, c), f)).unzip();
+            outcomes.extend(meta.into_iter().zip(futures::future::join_all(work).await));
+        } else {
+            for (id, receipt, count, work) in items {
+                outcomes.push(((id, receipt, count), work.await));
+            }
+        }
+        for ((id, receipt, receive_count), outcome) in outcomes {
+            match outcome {
                 Ok((_, Effect::Drop)) => {}
                 Ok((_, Effect::Send(url, out))) => {
                     let entry = sends.entry(url).or_default();
@@ -220,6 +254,7 @@ impl StageHandler {
             flow,
             queue,
             next_queue,
+            shuffle_partitions: rec.shuffle_partitions.unwrap_or(1),
         });
         if let Ok(mut jobs) = self.jobs.lock() {
             // Bounded: a warm function serves few jobs at a time; forget them all when full.
@@ -262,7 +297,9 @@ impl StageHandler {
         if stage.function != self.function {
             return Err(ItemError::WrongFunction(env.stage.clone(), self.function));
         }
-        if index > 0 && self.svc.faults.is_poison(env.partition) {
+        // A merge task's number is a reduce partition, not an input partition.
+        let merging = matches!(stage.step, Step::Merge);
+        if index > 0 && !merging && self.svc.faults.is_poison(env.partition) {
             return Err(ItemError::Poison(env.partition));
         }
         // A pass-through stage forwards the message unread (a claim-check stays in place).
@@ -317,21 +354,81 @@ impl StageHandler {
             }
             Step::Transform(transform) => {
                 let blobs = self.svc.blobs.as_ref();
-                let output = match blob_lines::resolve(blobs, &payload).await? {
-                    Some((text, rest)) => match transform.apply_text(&text) {
-                        Some(output) => output?,
-                        None => transform.apply(blob_lines::lines_payload(&text, rest))?,
-                    },
-                    None => transform.apply(payload)?,
-                };
+                // The transform before a keyed reduce is the map side of the shuffle.
+                let keyed = ctx.flow.keyed.as_ref().filter(|_| {
+                    matches!(
+                        ctx.flow.stages.get(index + 1).map(|s| &s.step),
+                        Some(Step::Reduce(_))
+                    )
+                });
+                let (mut output, maps) = apply(transform.as_ref(), blobs, payload, keyed).await?;
+                if let Some(delta) = shuffle(
+                    blobs,
+                    &keyed::map_object(&env.job, env.attempt, env.partition),
+                    maps,
+                    ctx.shuffle_partitions,
+                )
+                .await?
+                {
+                    if let Some(object) = output.as_object_mut() {
+                        object.insert(keyed::SHUFFLE_FIELD.into(), serde_json::json!(delta));
+                    }
+                }
                 let body = forward(env.partition, output)
                     .encode(self.svc.blobs.as_ref())
                     .await?;
                 Effect::Send(next(&env)?, vec![OutgoingMessage::new(body)])
             }
             Step::Reduce(_) => Effect::Reduce(env.partition, payload),
+            Step::Merge => {
+                let task: MergeTask = serde_json::from_value(payload)
+                    .map_err(|e| EnvelopeError::Malformed(format!("merge task: {e}")))?;
+                self.merge(&ctx, &env, task).await?;
+                Effect::Drop
+            }
         };
         Ok((env, effect))
+    }
+
+    /// Merges reduce partition `task.r` and records it; the last one wakes the daemon.
+    async fn merge(
+        &self,
+        ctx: &JobContext,
+        env: &Envelope,
+        task: MergeTask,
+    ) -> Result<(), ItemError> {
+        let spec = ctx
+            .flow
+            .keyed
+            .as_ref()
+            .ok_or_else(|| ItemError::Job(env.job.clone(), "the flow is not keyed".into()))?;
+        let blobs = self.svc.blobs.as_ref();
+        let manifest = blobs
+            .get(&task.manifest)
+            .await
+            .map_err(KeyedError::from)?
+            .ok_or_else(|| KeyedError::Missing(task.manifest.clone()))?;
+        let deltas: Vec<keyed::Delta> = serde_json::from_slice(&manifest)
+            .map_err(|e| EnvelopeError::Malformed(format!("merge manifest: {e}")))?;
+        let summaries =
+            keyed::merge_reduce_partition(blobs, spec, &deltas, &env.job, env.attempt, task.r)
+                .await?;
+        let ledger = Ledger {
+            store: self.svc.store.as_ref(),
+            job: &env.job,
+            attempt: env.attempt,
+            shards: self.svc.settings.aggregate_shards,
+            keyed: None,
+        };
+        if ledger.record_merged(task.r, &summaries).await?
+            && ledger.merged().await?.len() as u32 >= ctx.shuffle_partitions
+        {
+            let id = JobId::parse(&env.job)
+                .map_err(|e| ItemError::Job(env.job.clone(), e.to_string()))?;
+            self.svc.nudge(&id).await?;
+        }
+        debug!(job = %env.job, r = task.r, "merged");
+        Ok(())
     }
 
     async fn reduce(&self, job: &str, attempt: u32, items: &[Partial]) -> Result<(), ItemError> {
@@ -348,6 +445,11 @@ impl StageHandler {
             job,
             attempt,
             shards: self.svc.settings.aggregate_shards,
+            keyed: ctx.flow.keyed.as_ref().map(|spec| ledger::Keyed {
+                spec,
+                blobs: self.svc.blobs.as_ref(),
+                partitions: ctx.shuffle_partitions,
+            }),
         };
         let partials = items.iter().map(|(_, p, v)| (*p, v.clone())).collect();
         let outcome = ledger.commit(reduce.as_ref(), partials).await?;
@@ -380,4 +482,50 @@ impl StageHandler {
         }
         Ok(())
     }
+}
+
+/// Applies a transform to a payload (text by reference, or JSON); for the map side of a
+/// keyed flow, also returns the keyed fields as maps (taken out of the output).
+async fn apply(
+    transform: &dyn crate::components::Transform,
+    blobs: &dyn crate::ports::Blobs,
+    payload: Value,
+    keyed: Option<&keyed::Spec>,
+) -> Result<(Value, keyed::KeyedFields), ItemError> {
+    let mut output = match blob_lines::resolve(blobs, &payload).await? {
+        Some((text, rest)) => {
+            if keyed.is_some() {
+                if let Some(out) = transform.apply_text_keyed(&text) {
+                    return Ok(out?);
+                }
+            }
+            match transform.apply_text(&text) {
+                Some(output) => output?,
+                None => transform.apply(blob_lines::lines_payload(&text, rest))?,
+            }
+        }
+        None => transform.apply(payload)?,
+    };
+    let maps = match keyed {
+        Some(spec) => keyed::take_fields(spec, &mut output)?,
+        None => Vec::new(),
+    };
+    Ok((output, maps))
+}
+
+/// Writes a partition's keyed maps as its shuffle object (nothing when they are empty).
+async fn shuffle(
+    blobs: &dyn crate::ports::Blobs,
+    object: &str,
+    maps: Vec<(String, KeyedMap)>,
+    partitions: u32,
+) -> Result<Option<keyed::Delta>, ItemError> {
+    let maps: Vec<_> = maps.into_iter().filter(|(_, m)| !m.is_empty()).collect();
+    if maps.is_empty() {
+        return Ok(None);
+    }
+    let (bytes, delta) = keyed::shuffle_bytes(&maps, partitions, object);
+    // Deterministic bytes under a deterministic key: a redelivery rewrites the same object.
+    blobs.put(object, bytes).await.map_err(KeyedError::from)?;
+    Ok(Some(delta))
 }

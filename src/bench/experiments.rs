@@ -79,6 +79,15 @@ pub enum Experiment {
         /// Size of the generated text, MiB.
         #[arg(long, default_value_t = 1024)]
         text_mib: u64,
+        /// Size of the per-word corpus (Zipf words), MiB; 0 skips it.
+        #[arg(long, default_value_t = 1024)]
+        per_word_mib: u64,
+        /// Distinct words in the per-word corpus.
+        #[arg(long, default_value_t = 1_000_000)]
+        vocabulary: u64,
+        /// Faults injected into the per-word job (`--inject-faults` syntax).
+        #[arg(long, default_value = "")]
+        per_word_faults: String,
     },
     /// p50/p99 latency of a cached result over local HTTP (the paper: about 600 ms).
     CachedApi {
@@ -109,7 +118,14 @@ pub async fn run(experiment: Experiment, out: &Output) -> Result<i32> {
             messages,
             partition_sizes,
             text_mib,
-        } => throughput(messages, &partition_sizes, text_mib, out).await,
+            per_word_mib,
+            vocabulary,
+            per_word_faults,
+        } => {
+            let per_word =
+                (per_word_mib > 0).then_some((per_word_mib, vocabulary, per_word_faults));
+            throughput(messages, &partition_sizes, text_mib, per_word, out).await
+        }
         Experiment::CachedApi { requests } => cached_api(requests, out).await,
     }
 }
@@ -651,6 +667,7 @@ async fn throughput(
     messages: u64,
     partition_sizes: &[u64],
     text_mib: u64,
+    per_word: Option<(u64, u64, String)>,
     out: &Output,
 ) -> Result<i32> {
     let mut rows = Vec::new();
@@ -688,6 +705,25 @@ async fn throughput(
         ),
         format!("ratio {:.2}", text.job_s / text.hand_loop_s),
     ]);
+    let per_word = match per_word {
+        Some((mib, vocabulary, faults)) => {
+            let run = super::text::measure_per_word(mib, vocabulary, &faults).await?;
+            rows.push(vec![
+                "per-word".into(),
+                format!("{} MiB, {} keys", run.bytes >> 20, run.keys),
+                fmt_s(run.job_s),
+                fmt_s(run.hand_loop_s),
+                format!("{:.0} MiB/s", run.bytes as f64 / run.job_s / 1048576.0),
+                format!(
+                    "{:.0} MiB/s",
+                    run.bytes as f64 / run.hand_loop_s / 1048576.0
+                ),
+                format!("ratio {:.2}", run.job_s / run.hand_loop_s),
+            ]);
+            Some(run.to_json())
+        }
+        None => None,
+    };
     let header = [
         "what",
         "partition",
@@ -722,6 +758,7 @@ async fn throughput(
         "messages": messages,
         "msgs_per_s": points.iter().map(|(p, r)| json!({"partition_size": p, "msgs_per_s": r})).collect::<Vec<_>>(),
         "text": text.to_json(),
+        "per_word": per_word,
     });
     out.report("throughput", &header, &rows, summary);
     Ok(0)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use orchestration::cost::{Estimate, Usage};
+use orchestration::faults::Faults;
 use orchestration::job::{JobId, JobRequest};
 use orchestration::local::{Engine, EngineOptions, InvocationRecord};
 use orchestration::policy::Policy;
@@ -226,7 +227,20 @@ async fn one_job(request: JobRequest, policy: Policy, tag: &str) -> Result<(JobR
 
 /// One job on an engine in `state_dir` (which may hold input data).
 async fn job_in(state_dir: &Path, request: JobRequest, policy: Policy) -> Result<(JobRun, Usage)> {
-    let engine = Engine::open(state_dir, EngineOptions::default()).await?;
+    job_with_faults(state_dir, request, policy, Faults::default()).await
+}
+
+async fn job_with_faults(
+    state_dir: &Path,
+    request: JobRequest,
+    policy: Policy,
+    faults: Faults,
+) -> Result<(JobRun, Usage)> {
+    let options = EngineOptions {
+        faults,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::open(state_dir, options).await?;
     let mut runs = run_jobs(&engine, &[(request, policy)]).await?;
     let run = runs.pop().context("no run")?;
     let usage = engine

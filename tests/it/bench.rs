@@ -169,6 +169,12 @@ fn bench_throughput_counts_text_exactly_against_the_hand_loop() {
             "1,100",
             "--text-mib",
             "2",
+            "--per-word-mib",
+            "2",
+            "--vocabulary",
+            "30000",
+            "--per-word-faults",
+            "duplicate=0.2,crash=0.1,daemon-crash=0.2",
         ],
     );
     let rates = summary["msgs_per_s"].as_array().unwrap();
@@ -184,5 +190,10 @@ fn bench_throughput_counts_text_exactly_against_the_hand_loop() {
         text["lines"].as_u64().unwrap() * 21
     );
     assert!(text["ratio"].as_f64().unwrap() > 0.0);
+    // The per-word count of a Zipf corpus: the bench fails unless every key's count
+    // equals the hash-map loop's (here under faults).
+    let per_word = &summary["per_word"];
+    assert_eq!(per_word["keys"], 30_000);
+    assert!(per_word["ratio"].as_f64().unwrap() > 0.0);
     assert_eq!(written(dir.path(), "throughput", &["throughput"]).len(), 3);
 }

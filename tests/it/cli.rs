@@ -65,10 +65,25 @@ fn second_identical_run_is_cached() {
     assert_eq!(second["cached"], true);
     assert_eq!(first["job_id"], second["job_id"]);
     assert_eq!(first["result"], second["result"]);
+    // `per_word` is keyed: a summary here, the whole in the result objects.
     let per_word = &second["result"]["per_word"];
-    for w in ["the", "quick", "brown", "fox"] {
-        assert_eq!(per_word[w], 3000, "{w}");
-    }
+    assert_eq!(per_word["keys"], 4);
+    assert_eq!(per_word["total"], 12_000);
+    let top: Vec<(&str, u64)> = per_word["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].as_str().unwrap(), e["value"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("brown", 3000),
+            ("fox", 3000),
+            ("quick", 3000),
+            ("the", 3000)
+        ]
+    );
     assert_eq!(second["result"]["total_words"], 15_000);
 
     // A different policy is the same job (the policy does not change the result).
@@ -322,6 +337,7 @@ fn a_killed_run_continues_exactly() {
                 job: id.as_str(),
                 attempt: v.record.attempt,
                 shards: orchestration::services::Settings::default().aggregate_shards,
+                keyed: None,
             }
             .reduced_count()
             .await

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod contract;
 mod engine;
+mod keyed;
 mod moto;
 mod simulate;
 mod support;

@@ -224,7 +224,11 @@ async fn count_and_compare(dir: &Path, faults: &str, gzip: bool) {
             stats.extend(engine.log.stats(part.as_str(), day.attempt).unwrap());
         }
         assert!(days_partitions >= 9, "{days_partitions}");
-        let result = outcome.result.unwrap();
+        // `cities` is keyed: compare the whole of it, read from its result object.
+        let result =
+            orchestration::keyed::expand(engine.services.blobs.as_ref(), &outcome.result.unwrap())
+                .await
+                .unwrap();
         let expected = expected_from_files(&dir.join("blobs"), country, &days);
         assert_eq!(result, expected, "{country} under `{faults}`");
         // The data is what it claims to be: fire is rare, there are misses to avoid, and a
@@ -322,8 +326,13 @@ async fn overlapping_ranges_compute_only_the_missing_days() {
     assert!(new_day > 0);
     println!("invocations per day, 1-3 Nov: {before:?}; 2-4 Nov added {new_day} (4 Nov only)");
 
-    // The merged result is the direct count of 2–4 Nov.
-    let result = r2.outcome.unwrap().result.unwrap();
+    // The merged result is the direct count of 2–4 Nov (its keyed cities read whole).
+    let result = orchestration::keyed::expand(
+        engine.services.blobs.as_ref(),
+        &r2.outcome.unwrap().result.unwrap(),
+    )
+    .await
+    .unwrap();
     let expected = expected_from_files(
         &dir.path().join("blobs"),
         "GB",
@@ -392,8 +401,8 @@ async fn generated_tweets_are_deterministic() {
 }
 
 /// `sluice gen tweets` then `sluice run fire-tweets`, as a user would.
-#[test]
-fn cli_generates_and_counts() {
+#[tokio::test]
+async fn cli_generates_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let (gen, out) = sluice_json(
         dir.path(),
@@ -433,14 +442,18 @@ fn cli_generates_and_counts() {
     assert_eq!(first["status"], "done");
     let days = ["2018-11-01", "2018-11-02", "2018-11-03"];
     let expected = expected_from_files(&dir.path().join("blobs"), "GB", &days);
-    assert_eq!(first["result"], expected);
+    let blobs = orchestration::local::FileBlobs::open(dir.path().join("blobs")).unwrap();
+    let whole = orchestration::keyed::expand(&blobs, &first["result"])
+        .await
+        .unwrap();
+    assert_eq!(whole, expected);
     let stages: Vec<_> = first["stats"]["stages"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["stage"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(stages, ["feed", "match", "reduce"]);
+    assert_eq!(stages, ["feed", "match", "reduce", "merge"]);
 
     // The same request (keywords in another spelling) is the same job: cached.
     let mut again = run.to_vec();

@@ -339,6 +339,7 @@ impl Source for BlobLines {
         }
         let mut tasks = Vec::new();
         let mut next = 0u64;
+        let input_bytes = objects.iter().map(|o| o.1).sum();
         for (key, size) in objects {
             if is_gzip(&key) {
                 let count = self.gzip_partitions(ctx.blobs.as_ref(), &key, size).await?;
@@ -359,6 +360,7 @@ impl Source for BlobLines {
         Ok(Plan {
             total_partitions: next,
             tasks,
+            input_bytes: Some(input_bytes),
         })
     }
 

@@ -35,6 +35,7 @@ impl Source for SyntheticText {
         Ok(Plan {
             total_partitions,
             tasks: feed_tasks(total_partitions),
+            input_bytes: None,
         })
     }
 

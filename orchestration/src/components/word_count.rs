@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::blob_lines::MAX_LINE_BYTES;
 use super::filter::lines;
 use super::{ComponentError, Transform};
+use crate::keyed::{KeyedFields, KeyedMap, Op};
 
 #[derive(Clone, Debug, Default)]
 pub struct WordCount {
@@ -24,23 +25,59 @@ impl Transform for WordCount {
         if self.per_word || !text.is_ascii() {
             return None;
         }
-        let mut lines = 0u64;
-        let mut line_start = 0usize;
-        for nl in memchr::memchr_iter(b'\n', text) {
-            if nl - line_start > MAX_LINE_BYTES {
-                return None;
-            }
-            lines += 1;
-            line_start = nl + 1;
-        }
-        if line_start < text.len() {
-            if text.len() - line_start > MAX_LINE_BYTES {
-                return None;
-            }
-            lines += 1; // a last line without its newline
-        }
+        let lines = ascii_lines(text)?;
         let words = count_ascii_words(text);
         Some(Ok(json!({ "messages": lines, "total_words": words })))
+    }
+
+    /// The per-word count of ASCII text in one pass, straight into a keyed map: no line
+    /// or word is allocated, only new keys.
+    fn apply_text_keyed(
+        &self,
+        text: &[u8],
+    ) -> Option<Result<(Value, KeyedFields), ComponentError>> {
+        if !self.per_word || !text.is_ascii() {
+            return None;
+        }
+        let lines = ascii_lines(text)?;
+        let mut map = KeyedMap::new(Op::Sum);
+        let mut lower = Vec::with_capacity(64);
+        let mut words = 0u64;
+        let mut i = 0;
+        while i < text.len() {
+            while i < text.len() && is_space(text[i]) {
+                i += 1;
+            }
+            let start = i;
+            let (mut alpha, mut upper) = (false, false);
+            while i < text.len() && !is_space(text[i]) {
+                alpha |= text[i].is_ascii_alphabetic();
+                upper |= text[i].is_ascii_uppercase();
+                i += 1;
+            }
+            if i == start {
+                break;
+            }
+            words += 1;
+            if !alpha {
+                continue;
+            }
+            let word = if upper {
+                lower.clear();
+                lower.extend(text[start..i].iter().map(u8::to_ascii_lowercase));
+                &lower[..]
+            } else {
+                &text[start..i]
+            };
+            // ASCII, so UTF-8.
+            if let Ok(word) = std::str::from_utf8(word) {
+                map.count(word);
+            }
+        }
+        Some(Ok((
+            json!({ "messages": lines, "total_words": words }),
+            vec![("per_word".to_owned(), map)],
+        )))
     }
 
     fn apply(&self, payload: Value) -> Result<Value, ComponentError> {
@@ -68,6 +105,32 @@ impl Transform for WordCount {
         }
         Ok(out)
     }
+}
+
+/// Lines of text, or `None` when one is longer than `blob-lines` keeps (it would cut it,
+/// and the lines path decides what that means).
+fn ascii_lines(text: &[u8]) -> Option<u64> {
+    let mut lines = 0u64;
+    let mut line_start = 0usize;
+    for nl in memchr::memchr_iter(b'\n', text) {
+        if nl - line_start > MAX_LINE_BYTES {
+            return None;
+        }
+        lines += 1;
+        line_start = nl + 1;
+    }
+    if line_start < text.len() {
+        if text.len() - line_start > MAX_LINE_BYTES {
+            return None;
+        }
+        lines += 1; // a last line without its newline
+    }
+    Some(lines)
+}
+
+/// ASCII whitespace as `char::is_whitespace` has it: space and 0x09..=0x0d.
+fn is_space(b: u8) -> bool {
+    (b == b' ') | (b.wrapping_sub(9) < 5)
 }
 
 /// `line.split_whitespace().count()`, without decoding when the line is ASCII.
@@ -144,6 +207,23 @@ mod tests {
         ] {
             assert_eq!(count_words(s), s.split_whitespace().count() as u64, "{s:?}");
         }
+    }
+
+    #[test]
+    fn the_keyed_text_path_agrees_with_the_lines_path() {
+        let wc = WordCount { per_word: true };
+        let text = "The quick  fox 1\nthe FOX 2 x1\t\u{0b}y\n\nlast";
+        let (small, maps) = wc.apply_text_keyed(text.as_bytes()).unwrap().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut full = wc.apply(json!({ "lines": lines })).unwrap();
+        let per_word = full.as_object_mut().unwrap().remove("per_word").unwrap();
+        assert_eq!(small, full);
+        assert_eq!(maps.len(), 1);
+        assert_eq!(maps[0].1.to_json(), per_word);
+        assert_eq!(maps[0].1.get("fox"), Some(crate::keyed::Cell::Int(2)));
+        // Not ASCII, or not per word: the other paths decide.
+        assert!(wc.apply_text_keyed("é".as_bytes()).is_none());
+        assert!(WordCount::default().apply_text_keyed(b"a").is_none());
     }
 
     #[test]

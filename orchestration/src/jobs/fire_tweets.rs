@@ -14,6 +14,7 @@ use crate::components::blob_lines::{DEFAULT_RANGE_BYTES, MAX_RANGE_BYTES, MIN_RA
 use crate::components::{BlobLines, Sum, TweetMatch};
 use crate::flow::{Flow, Function, JobType, Stage, Step};
 use crate::job::{JobRequest, ParamReader, ValidationError};
+use crate::keyed;
 use crate::tweets::matching::{MAX_KEYWORDS, MAX_KEYWORD_CHARS};
 use crate::tweets::{day_prefix, Day, Keywords};
 
@@ -111,8 +112,9 @@ impl JobType for FireTweets {
         "fire-tweets"
     }
 
+    /// 2: `cities` is a keyed result (a summary and sorted objects).
     fn flow_version(&self) -> u32 {
-        1
+        2
     }
 
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError> {
@@ -183,24 +185,22 @@ impl JobType for FireTweets {
                     Step::Reduce(Arc::new(Sum)),
                 ),
             ],
-        })
+            keyed: None,
+        }
+        .keyed(cities_spec()))
     }
 }
 
-/// The per-city counts of a result, most first (ties by name): the "sorted" view of
-/// `result.cities`, which as a JSON object is sorted by name.
-pub fn ranking(result: &Value) -> Vec<(String, u64)> {
-    let mut cities: Vec<(String, u64)> = result
-        .get("cities")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
-    cities.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    cities
+/// `cities` is keyed: counts per city, shuffled and merged like any keyed result (a few
+/// hundred cities at most: one reduce partition).
+pub fn cities_spec() -> keyed::Spec {
+    keyed::Spec {
+        fields: vec![keyed::Field {
+            name: "cities".into(),
+            op: keyed::Op::Sum,
+        }],
+        expected_keys: keyed::ExpectedKeys::AtMost(10_000),
+    }
 }
 
 #[cfg(test)]
@@ -294,24 +294,12 @@ mod tests {
             [
                 ("feed", "blob-lines"),
                 ("match", "tweet-match"),
-                ("reduce", "sum")
+                ("reduce", "sum"),
+                ("merge", "merge")
             ]
         );
+        assert_eq!(flow.keyed, Some(cities_spec()));
         assert_eq!(flow.size, 3);
         assert!(flow.source().is_some() && flow.reduce().is_some());
-    }
-
-    #[test]
-    fn ranking_sorts_by_count_then_name() {
-        let result = json!({"cities": {"York": 2, "Leeds": 5, "Bath": 2}});
-        assert_eq!(
-            ranking(&result),
-            [
-                ("Leeds".to_owned(), 5),
-                ("Bath".to_owned(), 2),
-                ("York".to_owned(), 2)
-            ]
-        );
-        assert!(ranking(&json!({})).is_empty());
     }
 }

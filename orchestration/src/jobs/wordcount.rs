@@ -11,6 +11,7 @@ use crate::components::blob_lines::{DEFAULT_RANGE_BYTES, MAX_RANGE_BYTES, MIN_RA
 use crate::components::{BlobLines, Filter, Sum, SyntheticText, WordCount};
 use crate::flow::{Flow, Function, JobType, Stage, Step};
 use crate::job::{ParamReader, ValidationError};
+use crate::keyed;
 
 pub const DEFAULT_TEXT: &str = "the quick brown fox";
 /// Messages per queue message. 100 keeps a 2,000-message job parallel (20 partitions)
@@ -34,6 +35,8 @@ struct Params {
     input: Input,
     per_word: bool,
     contains: Option<String>,
+    /// The shuffle's reduce partitions, when the request sets them.
+    reduce_partitions: Option<u32>,
 }
 
 /// Parameters only a synthetic feed has, refused beside `input`.
@@ -77,12 +80,28 @@ fn read(params: &Value) -> Result<(Params, Value), ValidationError> {
     };
     let per_word = r.boolean("per_word", false)?;
     let contains = r.string("contains", 100, None)?;
+    let reduce_partitions = match params.get("reduce_partitions") {
+        None | Some(Value::Null) => None,
+        Some(_) if !per_word => {
+            return Err(ValidationError::new(
+                "params.reduce_partitions",
+                "only with `per_word`: the other results are not keyed",
+            ))
+        }
+        Some(_) => Some(r.integer(
+            "reduce_partitions",
+            1,
+            u64::from(keyed::MAX_PARTITIONS),
+            None,
+        )? as u32),
+    };
     let normalized = r.finish()?;
     Ok((
         Params {
             input,
             per_word,
             contains,
+            reduce_partitions,
         },
         normalized,
     ))
@@ -93,8 +112,9 @@ impl JobType for Wordcount {
         "wordcount"
     }
 
+    /// 2: `per_word` is a keyed result (a summary and sorted objects).
     fn flow_version(&self) -> u32 {
-        1
+        2
     }
 
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError> {
@@ -108,6 +128,13 @@ impl JobType for Wordcount {
             function,
             component,
             step,
+        };
+        let vocabulary = match (&p.input, p.reduce_partitions) {
+            (_, Some(r)) => keyed::ExpectedKeys::Partitions(r),
+            (Input::Synthetic(s), None) => {
+                keyed::ExpectedKeys::AtMost(s.text.split_whitespace().count() as u64)
+            }
+            (Input::Blobs { .. }, None) => keyed::ExpectedKeys::TextVocabulary,
         };
         let (size, component, source): (u64, _, Step) = match p.input {
             Input::Synthetic(source) => (
@@ -130,7 +157,7 @@ impl JobType for Wordcount {
                 })),
             ),
         };
-        Ok(Flow {
+        let flow = Flow {
             size,
             stages: vec![
                 stage(Function::Feed, component, source),
@@ -150,7 +177,24 @@ impl JobType for Wordcount {
                 ),
                 stage(Function::Reduce, "sum", Step::Reduce(Arc::new(Sum))),
             ],
+            keyed: None,
+        };
+        Ok(if p.per_word {
+            flow.keyed(per_word_spec(vocabulary))
+        } else {
+            flow
         })
+    }
+}
+
+/// `per_word` is keyed: a count per word, summed.
+pub fn per_word_spec(expected_keys: keyed::ExpectedKeys) -> keyed::Spec {
+    keyed::Spec {
+        fields: vec![keyed::Field {
+            name: "per_word".into(),
+            op: keyed::Op::Sum,
+        }],
+        expected_keys,
     }
 }
 
@@ -191,6 +235,18 @@ mod tests {
         check(
             json!({"input": "t/", "range_bytes": 10}),
             "params.range_bytes",
+        );
+        check(
+            json!({"messages": 10, "reduce_partitions": 4}),
+            "params.reduce_partitions",
+        );
+        check(
+            json!({"messages": 10, "per_word": true, "reduce_partitions": 0}),
+            "params.reduce_partitions",
+        );
+        check(
+            json!({"messages": 10, "per_word": true, "reduce_partitions": 257}),
+            "params.reduce_partitions",
         );
     }
 
