@@ -4,9 +4,11 @@
 // It starts its own `sluice serve` (SLUICE_BIN, default target/debug/sluice) and Chromium,
 // submits the jobs (wordcount, distinct small --messages), then loads `/` `runs` times per
 // page size and reports the medians from the browser's performance API:
-// first-contentful-paint, and `jobs-rendered` (the dashboard's mark when the table is drawn).
+// first-contentful-paint, and `jobs-rendered` (the dashboard's mark when the table is drawn);
+// once right after submitting (the engine busy running them) and once all have ended, one
+// JSON line each.
 
-import { openPage, startBrowser, startServer } from "./harness.mjs";
+import { openPage, screenshot, startBrowser, startServer } from "./harness.mjs";
 
 const jobs = Number(process.argv[2] || 1000);
 const runs = Number(process.argv[3] || 5);
@@ -61,6 +63,7 @@ try {
     // Paging through every job, 100 a page, with the Next button.
     const { page } = await openPage(browser.context, server.url, "/#/jobs?limit=100");
     await page.waitForSelector("body[data-jobs-rendered]");
+    await screenshot(page, `jobs-${jobs}-${label.startsWith("all") ? "done" : "running"}`);
     const start = performance.now();
     let seen = await page.locator("#jobs tbody tr").count();
     for (;;) {
@@ -77,6 +80,7 @@ try {
   };
 
   const whileRunning = await measure("just submitted (the engine is running them)");
+  console.log(JSON.stringify({ jobs, runs, submit_s: +submitS.toFixed(2), ...whileRunning }));
   // Then again once every job has ended.
   const guard = performance.now();
   for (;;) {
@@ -89,7 +93,7 @@ try {
   }
   const finishedS = (performance.now() - t0) / 1000;
   const afterDone = await measure("all done");
-  console.log(JSON.stringify({ jobs, runs, submit_s: +submitS.toFixed(2), all_done_s: +finishedS.toFixed(1), measurements: [whileRunning, afterDone] }, null, 2));
+  console.log(JSON.stringify({ jobs, runs, all_done_s: +finishedS.toFixed(1), ...afterDone }));
 } finally {
   await browser.stop();
   await server.stop();
