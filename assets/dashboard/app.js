@@ -279,7 +279,11 @@ function jobsPage(main, params) {
       h("td", { class: "num" }, j.started_ms && j.finished_ms ? fmt.s(j.finished_ms - j.started_ms) : "–"),
       h("td", { class: "num" }, fmt.usd(j.lambda_usd)),
     )));
-    if (!jobs.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No jobs. Submit one from the Submit page.")));
+    if (!jobs.length) {
+      // A full page's cursor may lead to an empty one: the API cannot know no job follows.
+      const none = cursor ? "No more jobs." : status || type ? "No jobs match." : "No jobs. Submit one from the Submit page.";
+      body.append(h("tr", {}, h("td", { colspan: 8, class: "empty" }, none)));
+    }
     if (focused) {
       const again = body.querySelector(`a[data-id="${focused}"]`);
       if (again) again.focus();
