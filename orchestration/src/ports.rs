@@ -389,6 +389,23 @@ pub struct TelemetryError(pub String);
 pub trait Telemetry: Send + Sync {
     async fn stage_stats(&self, job: &str, attempt: u32)
         -> Result<Vec<StageStats>, TelemetryError>;
+    /// Every invocation of one job attempt that ran (throttled batches did not), for
+    /// concurrency over time; none where no records are kept.
+    async fn spans(
+        &self,
+        _job: &str,
+        _attempt: u32,
+    ) -> Result<Vec<InvocationSpan>, TelemetryError> {
+        Ok(Vec::new())
+    }
+}
+
+/// When one invocation of a stage ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationSpan {
+    pub stage: String,
+    pub started_ms: u64,
+    pub duration_us: u64,
 }
 
 /// Wall-clock time in ms since the epoch. A trait so tests can drive time.

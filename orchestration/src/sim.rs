@@ -68,9 +68,10 @@ pub mod model {
     pub const SQS_MS: f64 = crate::cost::latency::SQS_MS;
     pub const DYNAMODB_MS: f64 = crate::cost::latency::DYNAMODB_MS;
     /// A daemon tick's calls: job record read, lease, the stage queues' counts, the
-    /// ledger's counts, the record's update, the next tick (counted in [`tick_ms`]).
+    /// ledger's counts, the record's update, the tick's sample (`timeline`), the next tick
+    /// (counted in [`tick_ms`]).
     pub fn tick_ms(stages: usize) -> f64 {
-        4.0 * DYNAMODB_MS + stages as f64 * SQS_MS + 2.0 * SQS_MS
+        5.0 * DYNAMODB_MS + stages as f64 * SQS_MS + 2.0 * SQS_MS
     }
 }
 
@@ -1057,7 +1058,7 @@ impl World {
                 .collect(),
             sqs_requests: scaled(pp.sqs_requests) + self.daemon_ticks * 2,
             sqs_empty_receives: 0,
-            dynamodb_write_units: scaled(pp.dynamodb_write_units) + self.daemon_ticks * 4,
+            dynamodb_write_units: scaled(pp.dynamodb_write_units) + self.daemon_ticks * 5,
             dynamodb_read_units: scaled(pp.dynamodb_read_units) + self.daemon_ticks * 4,
             s3_write_requests: scaled(pp.s3_write_requests),
             s3_read_requests: scaled(pp.s3_read_requests),
