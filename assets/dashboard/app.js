@@ -477,12 +477,50 @@ function renderResult(el, r) {
     const scalars = Object.entries(value).filter(([, v]) => v === null || typeof v !== "object");
     const maps = Object.entries(value).filter(([, v]) => v && typeof v === "object" && !Array.isArray(v));
     out.push(h("dl", { class: "facts", id: "result-values" }, scalars.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-key": k }, typeof v === "number" ? fmt.int(v) : String(v))])));
-    for (const [name, map] of maps) out.push(keyedTable(name, map));
+    for (const [name, map] of maps) out.push(map.keyed === true ? keyedPages(r.job_id, name, map) : keyedTable(name, map));
   } else if (value !== null && value !== undefined) {
     out.push(h("pre", {}, JSON.stringify(value, null, 2)));
   }
   out.push(h("details", {}, h("summary", {}, "The result as JSON"), h("pre", {}, JSON.stringify(r, null, 2))));
   el.replaceChildren(...out);
+}
+
+/** A keyed result of any size, paged by the API (GET /jobs/{id}/result?field=…&cursor=…). */
+function keyedPages(jobId, name, summary) {
+  const per = 20;
+  let order = "value";
+  let cursors = ["0"];
+  let next = null;
+  const holder = h("div");
+  const status = h("span", { role: "status" });
+  const prev = h("button", { type: "button", class: "secondary", onclick: () => { if (cursors.length > 1) { cursors.pop(); draw(); } } }, "Previous");
+  const nextButton = h("button", { type: "button", class: "secondary", onclick: () => { if (next) { cursors.push(next); draw(); } } }, "Next");
+  const oid = `order-${name}`;
+  const draw = async () => {
+    const cursor = cursors[cursors.length - 1];
+    const r = await api("GET", `/jobs/${jobId}/result?field=${encodeURIComponent(name)}&order=${order}&limit=${per}&cursor=${cursor}`);
+    if (!r.ok) {
+      holder.replaceChildren(h("p", { class: "form-error" }, errorText(r)));
+      return;
+    }
+    next = r.data.next_cursor;
+    const first = (cursors.length - 1) * per;
+    holder.replaceChildren(table(`${name}: ${fmt.int(summary.keys)} keys, by ${order === "value" ? "value, largest first" : "key"}`,
+      [{ label: "key" }, { label: "value", num: true }],
+      r.data.entries.map((e) => [e.key, typeof e.value === "number" ? fmt.int(e.value) : JSON.stringify(e.value)])));
+    prev.disabled = cursors.length === 1;
+    nextButton.disabled = !next;
+    status.textContent = r.data.entries.length ? `${first + 1}–${first + r.data.entries.length} of ${fmt.int(summary.keys)}` : "none";
+  };
+  draw();
+  const select = h("select", { id: oid, onchange: (e) => { order = e.target.value; cursors = ["0"]; draw(); } },
+    h("option", { value: "value" }, "by value"), h("option", { value: "key" }, "by key"));
+  const whole = h("a", { href: `/jobs/${jobId}/result?field=${encodeURIComponent(name)}&order=${order}&format=jsonl`, download: `${name}.jsonl` }, "download all (JSON lines)");
+  return h("section", { "aria-label": name },
+    h("h3", {}, name),
+    h("p", {}, `${fmt.int(summary.keys)} keys`, summary.total !== undefined ? `, total ${fmt.int(summary.total)}` : "", " · ", whole),
+    h("div", { class: "filters" }, h("div", {}, h("label", { for: oid }, `Order of ${name}`), select)),
+    holder, h("div", { class: "pager" }, prev, status, nextButton));
 }
 
 function keyedTable(name, map) {

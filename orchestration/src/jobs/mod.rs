@@ -23,6 +23,7 @@ mod tests {
                 vec![
                     json!({"messages": 10, "text": "a b", "partition_size": 5, "per_word": true, "contains": "a"}),
                     json!({"input": "text/", "range_bytes": 2048}),
+                    json!({"input": "text/", "per_word": true, "reduce_partitions": 4}),
                 ],
             ),
             (
