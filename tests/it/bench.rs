@@ -195,5 +195,6 @@ fn bench_throughput_counts_text_exactly_against_the_hand_loop() {
     let per_word = &summary["per_word"];
     assert_eq!(per_word["keys"], 30_000);
     assert!(per_word["ratio"].as_f64().unwrap() > 0.0);
-    assert_eq!(written(dir.path(), "throughput", &["throughput"]).len(), 3);
+    // Rows: two partition sizes, the text, the per-word corpus.
+    assert_eq!(written(dir.path(), "throughput", &["throughput"]).len(), 4);
 }
