@@ -653,6 +653,7 @@ impl Api {
                 job: rec.id.as_str(),
                 attempt: rec.attempt,
                 shards: self.svc.settings.aggregate_shards,
+                keyed: None,
             }
             .reduced_count()
             .await
