@@ -65,7 +65,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
 
 use crate::ports::{
-    OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, MAX_MESSAGE_BYTES,
+    limits, OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage,
 };
 
 const URL_PREFIX: &str = "local://queue/";
@@ -960,12 +960,7 @@ impl SqliteQueues {
     async fn send_now(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
         // Validate everything first so a rejected call stores nothing.
         for m in messages {
-            if m.body.len() > MAX_MESSAGE_BYTES {
-                return Err(QueueError::Invalid(format!(
-                    "message body of {} bytes exceeds {MAX_MESSAGE_BYTES}",
-                    m.body.len()
-                )));
-            }
+            limits::check_message(&m.body).map_err(QueueError::TooLarge)?;
             if m.delay > MAX_DELAY {
                 return Err(QueueError::Invalid(format!(
                     "delay {:?} above {MAX_DELAY:?}",
@@ -1443,16 +1438,16 @@ mod tests {
         let url = q.create_queue(&spec("work", LONG)).await.unwrap();
         let batch = vec![
             OutgoingMessage::new("fine"),
-            OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES + 1)),
+            OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES + 1)),
         ];
         assert!(matches!(
             q.send(&url, batch).await,
-            Err(QueueError::Invalid(_))
+            Err(QueueError::TooLarge(o)) if o.size == limits::MAX_MESSAGE_BYTES as u64 + 1
         ));
         assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
         q.send(
             &url,
-            vec![OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES))],
+            vec![OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES))],
         )
         .await
         .unwrap();
