@@ -593,6 +593,8 @@ struct Job {
     done: Option<f64>,
     /// When a pump is already scheduled for (batching windows, throttles, scaling).
     wake_at: Option<f64>,
+    /// The live daemon tick's time, in the agenda's microseconds.
+    tick_key: u64,
     /// Its ledger and shuffle in the store model.
     store: usize,
     merge: Merge,
@@ -606,6 +608,18 @@ struct Merge {
     waiting: u32,
     done: u32,
     invocations: u64,
+}
+
+impl Merge {
+    /// Tasks that must end before the job can (none before the merge starts: the nudge
+    /// then starts it).
+    fn waiting_total(&self) -> u32 {
+        if self.started {
+            self.tasks
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Default)]
@@ -850,6 +864,7 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
             admitted: None,
             done: None,
             wake_at: None,
+            tick_key: 0,
             store,
             merge: Merge {
                 tasks: world.store.shuffle_partitions().unwrap_or(0),
@@ -867,6 +882,29 @@ pub async fn run(scenario: Scenario, scratch: &Path) -> Result<Report, SimError>
 impl World {
     fn schedule(&mut self, at: f64, event: Event) {
         self.agenda.push(at.max(self.now), event);
+    }
+
+    /// Schedules the job's next daemon tick at `at`, unless one is due sooner: a job has
+    /// one live tick (a nudge brings it forward).
+    fn schedule_tick(&mut self, j: usize, at: f64) {
+        let at = at.max(self.now);
+        let key = (at * 1e6).ceil() as u64;
+        let now_key = (self.now * 1e6).round() as u64;
+        let live = self.jobs[j].tick_key;
+        if live <= now_key || key < live {
+            self.jobs[j].tick_key = key;
+            self.agenda.push(at, Event::Tick(j));
+        }
+    }
+
+    /// The reduce that finishes the last partition (or the last merge task) nudges the
+    /// daemon: its completion does not wait for the next tick.
+    fn nudge_if_complete(&mut self, j: usize) {
+        let job = &self.jobs[j];
+        let reduced = job.finished + self.dead_partitions(j) >= job.total;
+        if job.done.is_none() && reduced && job.merge.done >= job.merge.waiting_total() {
+            self.schedule_tick(j, self.now + model::SQS_MS / 1e3);
+        }
     }
 
     fn all_done(&self) -> bool {
@@ -887,9 +925,14 @@ impl World {
                 Event::Submit(j) => {
                     // The API's write and nudge, then the daemon's first tick.
                     let first = self.now + 2.0 * model::DYNAMODB_MS / 1e3 + model::SQS_MS / 1e3;
-                    self.schedule(first, Event::Tick(j));
+                    self.schedule_tick(j, first);
                 }
-                Event::Tick(j) => self.tick(j).await?,
+                Event::Tick(j) => {
+                    // Only the job's live tick runs (a nudge replaces the one due later).
+                    if (self.now * 1e6).round() as u64 == self.jobs[j].tick_key {
+                        self.tick(j).await?;
+                    }
+                }
                 Event::End { inv, failed } => {
                     if let Some(inv) = self.running.take(inv) {
                         let job = inv.job;
@@ -899,6 +942,7 @@ impl World {
                             self.end(inv, failed);
                             self.pump(job);
                         }
+                        self.nudge_if_complete(job);
                     }
                 }
                 Event::Step(i) => self.step(i),
@@ -977,7 +1021,7 @@ impl World {
                 }
                 self.charge_daemon(took_ms);
                 let next = self.now + self.scenario.tick.as_secs_f64() + took_ms / 1e3;
-                self.schedule(next, Event::Tick(j));
+                self.schedule_tick(j, next);
                 return Ok(());
             }
             // Complete: the result (a keyed job's k-way merge), teardown and release.
@@ -1052,7 +1096,7 @@ impl World {
         }
         self.charge_daemon(took_ms);
         let next = self.now + self.scenario.tick.as_secs_f64() + took_ms / 1e3;
-        self.schedule(next, Event::Tick(j));
+        self.schedule_tick(j, next);
         self.schedule(effective, Event::Pump(j));
         Ok(())
     }

@@ -548,6 +548,7 @@ fn print(
         "max reserved",
         "throttles",
         "failed",
+        "dead",
         "wall",
     ];
     let rows: Vec<Vec<String>> = reports
@@ -577,6 +578,11 @@ fn print(
                 r.checks.max_reserved_total.to_string(),
                 r.checks.throttles.to_string(),
                 r.checks.failed_invocations.to_string(),
+                r.jobs
+                    .iter()
+                    .map(|j| j.dead_partitions)
+                    .sum::<u64>()
+                    .to_string(),
                 fmt_s(*wall_s),
             ]
         })
