@@ -26,6 +26,13 @@ pub mod price {
     /// DELETE is free.
     pub const S3_WRITE_REQUEST_USD: f64 = 0.005 / 1e3;
     pub const S3_READ_REQUEST_USD: f64 = 0.0004 / 1e3;
+    /// Provisioned mode of SQS event-source mappings: $0.00925 per Event Poller Unit-hour,
+    /// one SQS event poller per EPU, billed per second with a 1-minute minimum (AWS Lambda
+    /// pricing page, aws.amazon.com/lambda/pricing, "Provisioned Mode for Event Source
+    /// Mapping (ESM) Pricing", the SQS example, US East (N. Virginia); AWS-FACTS.md says
+    /// to check that page for the SQS rate).
+    pub const EPU_HOUR_USD: f64 = 0.009_25;
+    pub const EPU_MIN_BILLED_S: f64 = 60.0;
 }
 
 /// Modelled round-trip times of the AWS APIs from a function in the same Region. These are
@@ -135,6 +142,8 @@ impl Usage {
             sqs_usd,
             dynamodb_usd,
             s3_usd,
+            epu_hours: 0.0,
+            pollers_usd: 0.0,
             total_usd: lambda_usd + sqs_usd + dynamodb_usd + s3_usd,
         }
     }
@@ -151,6 +160,11 @@ pub struct Estimate {
     pub sqs_usd: f64,
     pub dynamodb_usd: f64,
     pub s3_usd: f64,
+    /// Event pollers of mappings in provisioned mode (poller-hours, and their price).
+    #[serde(default)]
+    pub epu_hours: f64,
+    #[serde(default)]
+    pub pollers_usd: f64,
     pub total_usd: f64,
 }
 
@@ -215,6 +229,15 @@ pub fn lambda_cost(stats: &[crate::ports::StageStats]) -> Option<LambdaCost> {
         request_usd: price::LAMBDA_REQUEST_USD,
         gb_s_usd: price::LAMBDA_GB_S_USD,
     })
+impl Estimate {
+    /// Adds `epu_hours` of provisioned event pollers.
+    pub fn with_pollers(mut self, epu_hours: f64) -> Self {
+        let usd = epu_hours * price::EPU_HOUR_USD;
+        self.epu_hours += epu_hours;
+        self.pollers_usd += usd;
+        self.total_usd += usd;
+        self
+    }
 }
 
 /// DynamoDB write request units of one write of an item of `bytes` (1 KB each, rounded up).
@@ -312,6 +335,14 @@ mod tests {
         let want = 0.20 + 1_024.0 * price::LAMBDA_GB_S_USD;
         assert!((c.usd - want).abs() < 1e-9, "{}", c.usd);
         assert_eq!(c.stages.len(), 1);
+    fn provisioned_pollers_cost_their_poller_hours() {
+        let e = Usage::default().estimate();
+        assert_eq!(e.total_usd, 0.0);
+        // 100 pollers for 6 minutes: 10 EPU-hours.
+        let e = e.with_pollers(10.0);
+        assert!((e.pollers_usd - 0.0925).abs() < 1e-12, "{e:?}");
+        assert!((e.total_usd - 0.0925).abs() < 1e-12);
+        assert_eq!(e.epu_hours, 10.0);
     }
 
     #[test]

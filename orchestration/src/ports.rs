@@ -340,8 +340,22 @@ pub struct BlobSize {
 pub struct MappingConfig {
     pub batch_size: u32,
     pub batching_window_secs: u32,
-    pub max_concurrency: u32,
+    /// `ScalingConfig.MaximumConcurrency`; `None`: not set (AWS's default scaling, and
+    /// required in provisioned mode).
+    pub max_concurrency: Option<u32>,
+    /// `ProvisionedPollerConfig`: provisioned mode; `None`: the default scaling.
+    #[serde(default)]
+    pub provisioned_pollers: Option<ProvisionedPollers>,
     pub enabled: bool,
+}
+
+/// Provisioned mode of an SQS mapping: event pollers kept between `minimum` and `maximum`,
+/// each running up to [`limits::INVOKES_PER_POLLER`] concurrent invokes, billed in Event
+/// Poller Units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionedPollers {
+    pub minimum: u32,
+    pub maximum: u32,
 }
 
 /// An event-source mapping: queue → function.
@@ -667,17 +681,50 @@ pub mod limits {
     pub fn check_object(len: u64) -> Result<(), Oversize> {
         within(len, MAX_OBJECT_BYTES, Measure::Bytes, || "object".into())
     }
+    /// Provisioned mode (AWS-FACTS.md, "Provisioned mode for SQS event-source mappings"):
+    /// MinimumPollers 2–200, MaximumPollers up to 10,000 and at least MinimumPollers; a
+    /// poller runs about 10 concurrent invokes; the mapping scales about 1,000 concurrent
+    /// invokes a minute, up to 20,000.
+    pub const MIN_POLLERS: u32 = 2;
+    pub const MAX_MINIMUM_POLLERS: u32 = 200;
+    pub const MAX_POLLERS: u32 = 10_000;
+    pub const INVOKES_PER_POLLER: u32 = 10;
+    pub const PROVISIONED_RAMP_PER_S: f64 = 1_000.0 / 60.0;
+    pub const PROVISIONED_MAX_INVOKES: u32 = 20_000;
 }
 
 impl MappingConfig {
     /// Rejects what AWS would reject (the emulator accepts all of it, so we check here).
     pub fn validate(&self) -> Result<(), MappingError> {
         use limits::*;
-        if !(MIN_MAX_CONCURRENCY..=MAX_MAX_CONCURRENCY).contains(&self.max_concurrency) {
-            return Err(MappingError::Invalid(format!(
-                "MaximumConcurrency {} outside {MIN_MAX_CONCURRENCY}..={MAX_MAX_CONCURRENCY}",
-                self.max_concurrency
-            )));
+        if let Some(n) = self.max_concurrency {
+            if !(MIN_MAX_CONCURRENCY..=MAX_MAX_CONCURRENCY).contains(&n) {
+                return Err(MappingError::Invalid(format!(
+                    "MaximumConcurrency {n} outside {MIN_MAX_CONCURRENCY}..={MAX_MAX_CONCURRENCY}"
+                )));
+            }
+        }
+        if let Some(p) = self.provisioned_pollers {
+            if self.max_concurrency.is_some() {
+                return Err(MappingError::Invalid(
+                    "ProvisionedPollerConfig cannot be set together with \
+                     ScalingConfig.MaximumConcurrency"
+                        .into(),
+                ));
+            }
+            if !(MIN_POLLERS..=MAX_MINIMUM_POLLERS).contains(&p.minimum) {
+                return Err(MappingError::Invalid(format!(
+                    "ProvisionedPollerConfig.MinimumPollers {} outside \
+                     {MIN_POLLERS}..={MAX_MINIMUM_POLLERS}",
+                    p.minimum
+                )));
+            }
+            if !(p.minimum..=MAX_POLLERS).contains(&p.maximum) {
+                return Err(MappingError::Invalid(format!(
+                    "ProvisionedPollerConfig.MaximumPollers {} outside MinimumPollers ({})..={MAX_POLLERS}",
+                    p.maximum, p.minimum
+                )));
+            }
         }
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
             return Err(MappingError::Invalid(format!(
@@ -699,6 +746,21 @@ impl MappingConfig {
         }
         Ok(())
     }
+
+    /// The most invocations the mapping runs at once: its MaximumConcurrency; in
+    /// provisioned mode, its pollers' invokes (at most 20,000); otherwise the default
+    /// scaling's 1,250.
+    pub fn concurrency_cap(&self) -> u32 {
+        use limits::*;
+        match (self.max_concurrency, self.provisioned_pollers) {
+            (Some(n), _) => n,
+            (None, Some(p)) => p
+                .maximum
+                .saturating_mul(INVOKES_PER_POLLER)
+                .min(PROVISIONED_MAX_INVOKES),
+            (None, None) => ESM_MAX_INVOKES,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -709,7 +771,8 @@ mod tests {
         MappingConfig {
             batch_size,
             batching_window_secs: window,
-            max_concurrency,
+            max_concurrency: Some(max_concurrency),
+            provisioned_pollers: None,
             enabled: true,
         }
     }
@@ -883,6 +946,64 @@ mod tests {
             limits::check_object(5_000_000_001).unwrap_err().what,
             "object"
         );
+    fn provisioned(minimum: u32, maximum: u32) -> MappingConfig {
+        MappingConfig {
+            max_concurrency: None,
+            provisioned_pollers: Some(ProvisionedPollers { minimum, maximum }),
+            ..config(10, 0, 2)
+        }
+    }
+
+    #[test]
+    fn provisioned_pollers_follow_aws() {
+        let cases = [
+            (provisioned(2, 2), true),
+            (provisioned(200, 10_000), true),
+            (provisioned(1, 10), false),
+            (provisioned(201, 300), false),
+            (provisioned(5, 4), false),
+            (provisioned(2, 10_001), false),
+            (
+                MappingConfig {
+                    max_concurrency: Some(10),
+                    ..provisioned(2, 10)
+                },
+                false,
+            ),
+            // Neither: AWS's default scaling.
+            (
+                MappingConfig {
+                    max_concurrency: None,
+                    ..config(10, 0, 2)
+                },
+                true,
+            ),
+        ];
+        for (c, ok) in cases {
+            assert_eq!(c.validate().is_ok(), ok, "{c:?}");
+        }
+        let both = MappingConfig {
+            max_concurrency: Some(10),
+            ..provisioned(2, 10)
+        };
+        let err = both.validate().unwrap_err().to_string();
+        assert!(err.contains("MaximumConcurrency"), "{err}");
+        let err = provisioned(1, 10).validate().unwrap_err().to_string();
+        assert!(err.contains("MinimumPollers"), "{err}");
+        let err = provisioned(2, 10_001).validate().unwrap_err().to_string();
+        assert!(err.contains("MaximumPollers"), "{err}");
+    }
+
+    #[test]
+    fn the_concurrency_cap_follows_the_mode() {
+        assert_eq!(config(10, 0, 7).concurrency_cap(), 7);
+        assert_eq!(provisioned(2, 30).concurrency_cap(), 300);
+        assert_eq!(provisioned(200, 10_000).concurrency_cap(), 20_000);
+        let default = MappingConfig {
+            max_concurrency: None,
+            ..config(10, 0, 2)
+        };
+        assert_eq!(default.concurrency_cap(), 1_250);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use orchestration::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
 use orchestration::ports::{
     limits, Attributes, BlobError, Blobs, Condition, DeadLetter, JobStore, Key, MappingConfig,
-    MappingError, Mappings, Measure, OutgoingMessage, Oversize, QueueError, QueueSpec, Queues,
-    ReceivedMessage, StoreError, TxOp,
+    MappingError, Mappings, Measure, OutgoingMessage, Oversize, ProvisionedPollers, QueueError,
+    QueueSpec, Queues, ReceivedMessage, StoreError, TxOp,
 };
 use serde_json::{json, Value};
 
@@ -859,7 +859,8 @@ fn config(batch_size: u32, window: u32, max_concurrency: u32) -> MappingConfig {
     MappingConfig {
         batch_size,
         batching_window_secs: window,
-        max_concurrency,
+        max_concurrency: Some(max_concurrency),
+        provisioned_pollers: None,
         enabled: true,
     }
 }
@@ -944,6 +945,51 @@ async fn mappings_contract(p: &Ports) {
         m.update_mapping(&created.id, config(10, 0, 0)).await,
         Err(MappingError::Invalid(_))
     ));
+
+    // Provisioned mode instead of MaximumConcurrency, and back; never both.
+    let provisioned = MappingConfig {
+        max_concurrency: None,
+        provisioned_pollers: Some(ProvisionedPollers {
+            minimum: 3,
+            maximum: 30,
+        }),
+        ..config(10, 0, 2)
+    };
+    let updated = m.update_mapping(&created.id, provisioned).await.unwrap();
+    assert_eq!(updated.config, provisioned);
+    assert_eq!(
+        m.list_mappings(Some(&queue)).await.unwrap()[0].config,
+        provisioned
+    );
+    assert_eq!(provisioned.concurrency_cap(), 300);
+    for bad in [
+        MappingConfig {
+            max_concurrency: Some(20),
+            ..provisioned
+        },
+        MappingConfig {
+            provisioned_pollers: Some(ProvisionedPollers {
+                minimum: 1,
+                maximum: 30,
+            }),
+            ..provisioned
+        },
+    ] {
+        assert!(
+            matches!(
+                m.update_mapping(&created.id, bad).await,
+                Err(MappingError::Invalid(_))
+            ),
+            "{bad:?} was accepted"
+        );
+    }
+    m.update_mapping(&created.id, config(10, 0, 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.list_mappings(Some(&queue)).await.unwrap()[0].config,
+        config(10, 0, 20)
+    );
     m.delete_mapping(&created.id).await.unwrap();
     m.delete_mapping(&created.id).await.unwrap();
     assert!(m.list_mappings(Some(&queue)).await.unwrap().is_empty());

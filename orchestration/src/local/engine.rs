@@ -124,7 +124,8 @@ impl Engine {
         let control_mapping = MappingConfig {
             batch_size: 10,
             batching_window_secs: 0,
-            max_concurrency: 10,
+            max_concurrency: Some(10),
+            provisioned_pollers: None,
             enabled: true,
         };
         let existing = mappings
