@@ -168,6 +168,17 @@ pub struct Estimate {
     pub total_usd: f64,
 }
 
+impl Estimate {
+    /// Adds `epu_hours` of provisioned event pollers.
+    pub fn with_pollers(mut self, epu_hours: f64) -> Self {
+        let usd = epu_hours * price::EPU_HOUR_USD;
+        self.epu_hours += epu_hours;
+        self.pollers_usd += usd;
+        self.total_usd += usd;
+        self
+    }
+}
+
 /// One stage's Lambda usage and cost, from its invocation statistics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StageCost {
@@ -229,15 +240,6 @@ pub fn lambda_cost(stats: &[crate::ports::StageStats]) -> Option<LambdaCost> {
         request_usd: price::LAMBDA_REQUEST_USD,
         gb_s_usd: price::LAMBDA_GB_S_USD,
     })
-impl Estimate {
-    /// Adds `epu_hours` of provisioned event pollers.
-    pub fn with_pollers(mut self, epu_hours: f64) -> Self {
-        let usd = epu_hours * price::EPU_HOUR_USD;
-        self.epu_hours += epu_hours;
-        self.pollers_usd += usd;
-        self.total_usd += usd;
-        self
-    }
 }
 
 /// DynamoDB write request units of one write of an item of `bytes` (1 KB each, rounded up).
@@ -319,6 +321,17 @@ mod tests {
     }
 
     #[test]
+    fn provisioned_pollers_cost_their_poller_hours() {
+        let e = Usage::default().estimate();
+        assert_eq!(e.total_usd, 0.0);
+        // 100 pollers for 6 minutes: 10 EPU-hours.
+        let e = e.with_pollers(10.0);
+        assert!((e.pollers_usd - 0.0925).abs() < 1e-12, "{e:?}");
+        assert!((e.total_usd - 0.0925).abs() < 1e-12);
+        assert_eq!(e.epu_hours, 10.0);
+    }
+
+    #[test]
     fn a_jobs_lambda_cost_is_its_billed_time_at_list_prices() {
         assert_eq!(lambda_cost(&[]), None);
         let stats = [crate::ports::StageStats {
@@ -335,14 +348,6 @@ mod tests {
         let want = 0.20 + 1_024.0 * price::LAMBDA_GB_S_USD;
         assert!((c.usd - want).abs() < 1e-9, "{}", c.usd);
         assert_eq!(c.stages.len(), 1);
-    fn provisioned_pollers_cost_their_poller_hours() {
-        let e = Usage::default().estimate();
-        assert_eq!(e.total_usd, 0.0);
-        // 100 pollers for 6 minutes: 10 EPU-hours.
-        let e = e.with_pollers(10.0);
-        assert!((e.pollers_usd - 0.0925).abs() < 1e-12, "{e:?}");
-        assert!((e.total_usd - 0.0925).abs() < 1e-12);
-        assert_eq!(e.epu_hours, 10.0);
     }
 
     #[test]

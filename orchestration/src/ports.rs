@@ -777,6 +777,66 @@ mod tests {
         }
     }
 
+    fn provisioned(minimum: u32, maximum: u32) -> MappingConfig {
+        MappingConfig {
+            max_concurrency: None,
+            provisioned_pollers: Some(ProvisionedPollers { minimum, maximum }),
+            ..config(10, 0, 2)
+        }
+    }
+
+    #[test]
+    fn provisioned_pollers_follow_aws() {
+        let cases = [
+            (provisioned(2, 2), true),
+            (provisioned(200, 10_000), true),
+            (provisioned(1, 10), false),
+            (provisioned(201, 300), false),
+            (provisioned(5, 4), false),
+            (provisioned(2, 10_001), false),
+            (
+                MappingConfig {
+                    max_concurrency: Some(10),
+                    ..provisioned(2, 10)
+                },
+                false,
+            ),
+            // Neither: AWS's default scaling.
+            (
+                MappingConfig {
+                    max_concurrency: None,
+                    ..config(10, 0, 2)
+                },
+                true,
+            ),
+        ];
+        for (c, ok) in cases {
+            assert_eq!(c.validate().is_ok(), ok, "{c:?}");
+        }
+        let both = MappingConfig {
+            max_concurrency: Some(10),
+            ..provisioned(2, 10)
+        };
+        let err = both.validate().unwrap_err().to_string();
+        assert!(err.contains("MaximumConcurrency"), "{err}");
+        let err = provisioned(1, 10).validate().unwrap_err().to_string();
+        assert!(err.contains("MinimumPollers"), "{err}");
+        let err = provisioned(2, 10_001).validate().unwrap_err().to_string();
+        assert!(err.contains("MaximumPollers"), "{err}");
+    }
+
+    #[test]
+    fn the_concurrency_cap_follows_the_mode() {
+        assert_eq!(config(10, 0, 7).concurrency_cap(), 7);
+        assert_eq!(provisioned(2, 30).concurrency_cap(), 300);
+        assert_eq!(provisioned(200, 10_000).concurrency_cap(), 20_000);
+        let default = MappingConfig {
+            max_concurrency: None,
+            ..config(10, 0, 2)
+        };
+        assert_eq!(default.concurrency_cap(), 1_250);
+    }
+
     fn attrs(value: serde_json::Value) -> Attributes {
         value.as_object().cloned().unwrap()
     }
@@ -946,64 +1006,6 @@ mod tests {
             limits::check_object(5_000_000_001).unwrap_err().what,
             "object"
         );
-    fn provisioned(minimum: u32, maximum: u32) -> MappingConfig {
-        MappingConfig {
-            max_concurrency: None,
-            provisioned_pollers: Some(ProvisionedPollers { minimum, maximum }),
-            ..config(10, 0, 2)
-        }
-    }
-
-    #[test]
-    fn provisioned_pollers_follow_aws() {
-        let cases = [
-            (provisioned(2, 2), true),
-            (provisioned(200, 10_000), true),
-            (provisioned(1, 10), false),
-            (provisioned(201, 300), false),
-            (provisioned(5, 4), false),
-            (provisioned(2, 10_001), false),
-            (
-                MappingConfig {
-                    max_concurrency: Some(10),
-                    ..provisioned(2, 10)
-                },
-                false,
-            ),
-            // Neither: AWS's default scaling.
-            (
-                MappingConfig {
-                    max_concurrency: None,
-                    ..config(10, 0, 2)
-                },
-                true,
-            ),
-        ];
-        for (c, ok) in cases {
-            assert_eq!(c.validate().is_ok(), ok, "{c:?}");
-        }
-        let both = MappingConfig {
-            max_concurrency: Some(10),
-            ..provisioned(2, 10)
-        };
-        let err = both.validate().unwrap_err().to_string();
-        assert!(err.contains("MaximumConcurrency"), "{err}");
-        let err = provisioned(1, 10).validate().unwrap_err().to_string();
-        assert!(err.contains("MinimumPollers"), "{err}");
-        let err = provisioned(2, 10_001).validate().unwrap_err().to_string();
-        assert!(err.contains("MaximumPollers"), "{err}");
-    }
-
-    #[test]
-    fn the_concurrency_cap_follows_the_mode() {
-        assert_eq!(config(10, 0, 7).concurrency_cap(), 7);
-        assert_eq!(provisioned(2, 30).concurrency_cap(), 300);
-        assert_eq!(provisioned(200, 10_000).concurrency_cap(), 20_000);
-        let default = MappingConfig {
-            max_concurrency: None,
-            ..config(10, 0, 2)
-        };
-        assert_eq!(default.concurrency_cap(), 1_250);
     }
 
     #[test]

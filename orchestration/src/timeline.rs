@@ -270,6 +270,7 @@ mod tests {
             batching_window_secs: 0,
             max_concurrency: 5,
             reserved_concurrency: None,
+            provisioned: false,
         };
         for t in 1..=3u64 {
             let observation = Observation {
