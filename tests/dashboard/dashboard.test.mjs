@@ -53,7 +53,8 @@ test("submit a job from the form, watch it finish, read its result", { timeout: 
   assert.equal(await total.textContent(), "15,000"); // 3,000 × "the quick brown fox {i}"
   const perWord = page.locator("#result section[aria-label=per_word] tbody tr").first();
   assert.deepEqual(await perWord.locator("td").allTextContents(), ["brown", "3,000"]);
-  assert.equal(await page.locator("#stages tbody tr").count(), 4);
+  // feed, filter, count, reduce, and the merge of the keyed per_word.
+  assert.equal(await page.locator("#stages tbody tr").count(), 5);
   assert.ok((await page.locator("#levers tbody tr").count()) >= 1, "no tick recorded");
   const fig5 = page.getByRole("img", { name: /Concurrent invocations per stage/ });
   assert.match(await fig5.getAttribute("aria-label"), /Peak: feed \d+, filter \d+, count \d+, reduce \d+/);
