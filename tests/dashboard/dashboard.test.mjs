@@ -167,6 +167,9 @@ test("keyboard and labels: every control is labelled and reachable", { timeout: 
   await page.getByRole("link", { name: "Workload" }).focus();
   await page.keyboard.press("Enter");
   await page.waitForURL(/#\/workload$/);
+  // The route renders after the URL changes: wait for the navigation to mark it.
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("a[aria-current=page]")].some((a) => a.textContent.trim() === "Workload"));
   assert.equal(await page.getByRole("link", { name: "Workload" }).getAttribute("aria-current"), "page");
   for (const route of ["/#/jobs", "/#/submit", "/#/workload"]) {
     await page.goto(server.url + route);
