@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod dashboard;
 mod gen;
 mod plot;
 mod progress;
@@ -112,7 +113,7 @@ enum Command {
         #[command(subcommand)]
         job: JobCommand,
     },
-    /// Serve the job API on 127.0.0.1 and run its jobs on the embedded engine.
+    /// Serve the job API and the dashboard (http://127.0.0.1:PORT/) and run the jobs.
     Serve {
         /// Port to listen on (0: any free port).
         #[arg(long, default_value_t = 8080)]

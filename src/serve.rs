@@ -1,5 +1,6 @@
-//! `sluice serve`: the job API over HTTP on loopback, with the embedded engine running the
-//! jobs in the same process. Jobs live in the state directory, so they survive a restart.
+//! `sluice serve`: the job API over HTTP on loopback, and the dashboard at `/`
+//! (`dashboard.rs`), with the engine running the jobs in the same process. Jobs live in the
+//! state directory, so they survive a restart.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,6 +24,11 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if method == Method::GET {
+        if let Some(page) = crate::dashboard::page(uri.path()) {
+            return page;
+        }
+    }
     let response = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(bytes) if bytes.len() <= MAX_BODY_BYTES => {
             api.handle(ApiRequest {

@@ -2,7 +2,8 @@
 //! The Lambda `api` function (behind API Gateway) and `sluice serve` (axum) both call it.
 //!
 //! Routes: `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`, `GET /jobs/{id}/result`,
-//! `DELETE /jobs/{id}`, `GET /health`, `GET /openapi.json`. Errors are
+//! `DELETE /jobs/{id}`, `GET /health`, `GET /openapi.json`; for the dashboard,
+//! `GET /job-types` and `GET /jobs/{id}/timeline`. Errors are
 //! `{"error": {"code", "message", "field"?}}`; client input never causes a 5xx, and a
 //! rejected request changes nothing.
 
@@ -31,6 +32,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/jobs", &["GET", "POST"]),
     ("/jobs/{id}", &["GET", "DELETE"]),
     ("/jobs/{id}/result", &["GET"]),
+    ("/job-types", &["GET"]),
+    ("/jobs/{id}/timeline", &["GET"]),
 ];
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
@@ -118,6 +121,8 @@ impl Api {
             ["jobs"] => ("/jobs", None),
             ["jobs", id] => ("/jobs/{id}", Some(*id)),
             ["jobs", id, "result"] => ("/jobs/{id}/result", Some(*id)),
+            ["job-types"] => ("/job-types", None),
+            ["jobs", id, "timeline"] => ("/jobs/{id}/timeline", Some(*id)),
             _ => {
                 return ApiResponse::error(404, "not_found", format!("no route {}", req.path), None)
             }
@@ -165,6 +170,10 @@ impl Api {
             }
             ("GET", "/jobs/{id}/result", Some(id)) => self.get_result(&id).await,
             ("DELETE", "/jobs/{id}", Some(id)) => self.delete_job(&id).await,
+            ("GET", "/job-types", _) => self.job_types(),
+            ("GET", "/jobs/{id}/timeline", Some(id)) => {
+                self.timeline(&id, req.query.as_deref()).await
+            }
             _ => ApiResponse::error(404, "not_found", format!("no route {}", req.path), None),
         }
     }
@@ -387,7 +396,7 @@ impl Api {
     }
 
     async fn list(&self, query: Option<&str>) -> ApiResponse {
-        let (status, limit, cursor) = match parse_list_query(query) {
+        let (status, limit, cursor, job_type) = match parse_list_query(query) {
             Ok(q) => q,
             Err(e) => return ApiResponse::invalid(e),
         };
@@ -408,14 +417,12 @@ impl Api {
                     Err(e) => return ApiResponse::internal(e),
                 };
                 last = Some(record::index_key(rec.created_ms, &rec.id).sk);
-                if status.is_none_or(|s| s == rec.status) {
-                    jobs.push(json!({
-                        "job_id": rec.id,
-                        "type": rec.request.job_type,
-                        "status": rec.status,
-                        "created_ms": rec.created_ms,
-                        "links": links(&rec.id),
-                    }));
+                if status.is_none_or(|s| s == rec.status)
+                    && job_type
+                        .as_deref()
+                        .is_none_or(|t| t == rec.request.job_type)
+                {
+                    jobs.push(self.list_item(&rec).await);
                     if jobs.len() == limit {
                         break;
                     }
@@ -568,12 +575,13 @@ impl KeyedQuery {
     }
 }
 
-type ListQuery = (Option<JobStatus>, usize, Option<String>);
+type ListQuery = (Option<JobStatus>, usize, Option<String>, Option<String>);
 
 fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ValidationError> {
     let mut status = None;
     let mut limit = DEFAULT_PAGE;
     let mut cursor = None;
+    let mut job_type = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
@@ -613,15 +621,129 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ValidationError> {
                 }
                 cursor = Some(value.replacen('.', "#", 1));
             }
+            // Job type names are plain ASCII: no percent-decoding needed.
+            "type"
+                if !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                job_type = Some(value.to_owned());
+            }
+            "type" => return Err(ValidationError::new("type", "must be a job type name")),
             other => {
                 return Err(ValidationError::new(
                     other,
-                    "unknown query parameter; known: status, limit, cursor",
+                    "unknown query parameter; known: status, type, limit, cursor",
                 ))
             }
         }
     }
-    Ok((status, limit, cursor))
+    Ok((status, limit, cursor, job_type))
+}
+
+/// The routes the dashboard reads (`src/dashboard.rs` serves the pages).
+impl Api {
+    /// A job as the list shows it: identity, params, progress, times and Lambda cost.
+    async fn list_item(&self, rec: &JobRecord) -> Value {
+        let reduced = match &rec.outcome {
+            Some(o) => Some(o.reduced_partitions),
+            None => crate::ledger::Ledger {
+                store: self.svc.store.as_ref(),
+                job: rec.id.as_str(),
+                attempt: rec.attempt,
+                shards: self.svc.settings.aggregate_shards,
+                keyed: None,
+            }
+            .reduced_count()
+            .await
+            .ok(),
+        };
+        let cost = match self
+            .telemetry
+            .stage_stats(rec.id.as_str(), rec.attempt)
+            .await
+        {
+            Ok(stats) => crate::cost::lambda_cost(&stats).map(|c| c.usd),
+            Err(_) => None,
+        };
+        json!({
+            "job_id": rec.id,
+            "type": rec.request.job_type,
+            "params": rec.request.params,
+            "status": rec.status,
+            "created_ms": rec.created_ms,
+            "started_ms": rec.started_ms,
+            "finished_ms": rec.finished_ms,
+            "total_partitions": rec.total_partitions,
+            "reduced_partitions": reduced,
+            "lambda_usd": cost,
+            "links": links(&rec.id),
+        })
+    }
+
+    /// Every job type and its params schema: what the submit form is built from.
+    fn job_types(&self) -> ApiResponse {
+        let types: Vec<Value> = self
+            .svc
+            .registry
+            .schemas()
+            .into_iter()
+            .map(|(name, params)| json!({ "name": name, "params": params }))
+            .collect();
+        ApiResponse::json(200, json!({ "job_types": types }))
+    }
+
+    /// The job's ticks (queue depths and levers) after `?after=T`, and its concurrency.
+    async fn timeline(&self, id: &JobId, query: Option<&str>) -> ApiResponse {
+        let mut after = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("after", v) => match v.parse::<u64>() {
+                    Ok(t) => after = Some(t),
+                    Err(_) => {
+                        return ApiResponse::invalid(ValidationError::new(
+                            "after",
+                            "must be a time in ms since the epoch (a tick's t_ms)",
+                        ))
+                    }
+                },
+                (other, _) => {
+                    return ApiResponse::invalid(ValidationError::new(
+                        other,
+                        "unknown query parameter; known: after",
+                    ))
+                }
+            }
+        }
+        let rec = match self.load(id).await {
+            Ok(rec) => rec,
+            Err(response) => return response,
+        };
+        let store = self.svc.store.as_ref();
+        let (ticks, more) = match crate::timeline::ticks(store, id, rec.attempt, after).await {
+            Ok(page) => page,
+            Err(e) => return ApiResponse::internal(e),
+        };
+        let spans = match self.telemetry.spans(rec.id.as_str(), rec.attempt).await {
+            Ok(spans) => spans,
+            Err(e) => {
+                warn!(job_id = %id, error = %e, "no invocation records");
+                Vec::new()
+            }
+        };
+        ApiResponse::json(
+            200,
+            json!({
+                "job_id": id,
+                "attempt": rec.attempt,
+                "ticks": ticks,
+                "more": more,
+                "concurrency": crate::timeline::concurrency(&spans),
+                "links": links(id),
+            }),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -687,10 +809,20 @@ mod tests {
 
     #[test]
     fn list_query_parsing() {
-        assert_eq!(parse_list_query(None).unwrap(), (None, DEFAULT_PAGE, None));
+        assert_eq!(
+            parse_list_query(None).unwrap(),
+            (None, DEFAULT_PAGE, None, None)
+        );
         let cursor = format!("{:013}.{}", 17, "a".repeat(64));
-        let (status, limit, after) =
-            parse_list_query(Some(&format!("status=done&limit=5&cursor={cursor}"))).unwrap();
+        let (status, limit, after, job_type) = parse_list_query(Some(&format!(
+            "status=done&limit=5&cursor={cursor}&type=fire-tweets"
+        )))
+        .unwrap();
+        assert_eq!(job_type.as_deref(), Some("fire-tweets"));
+        assert_eq!(
+            parse_list_query(Some("type=a%20b")).unwrap_err().field,
+            "type"
+        );
         assert_eq!(status, Some(JobStatus::Done));
         assert_eq!(limit, 5);
         assert_eq!(after.unwrap(), format!("{:013}#{}", 17, "a".repeat(64)));

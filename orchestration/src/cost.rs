@@ -26,6 +26,13 @@ pub mod price {
     /// DELETE is free.
     pub const S3_WRITE_REQUEST_USD: f64 = 0.005 / 1e3;
     pub const S3_READ_REQUEST_USD: f64 = 0.0004 / 1e3;
+    /// Provisioned mode of SQS event-source mappings: $0.00925 per Event Poller Unit-hour,
+    /// one SQS event poller per EPU, billed per second with a 1-minute minimum (AWS Lambda
+    /// pricing page, aws.amazon.com/lambda/pricing, "Provisioned Mode for Event Source
+    /// Mapping (ESM) Pricing", the SQS example, US East (N. Virginia); AWS-FACTS.md says
+    /// to check that page for the SQS rate).
+    pub const EPU_HOUR_USD: f64 = 0.009_25;
+    pub const EPU_MIN_BILLED_S: f64 = 60.0;
 }
 
 /// Modelled round-trip times of the AWS APIs from a function in the same Region. These are
@@ -135,6 +142,8 @@ impl Usage {
             sqs_usd,
             dynamodb_usd,
             s3_usd,
+            epu_hours: 0.0,
+            pollers_usd: 0.0,
             total_usd: lambda_usd + sqs_usd + dynamodb_usd + s3_usd,
         }
     }
@@ -151,7 +160,86 @@ pub struct Estimate {
     pub sqs_usd: f64,
     pub dynamodb_usd: f64,
     pub s3_usd: f64,
+    /// Event pollers of mappings in provisioned mode (poller-hours, and their price).
+    #[serde(default)]
+    pub epu_hours: f64,
+    #[serde(default)]
+    pub pollers_usd: f64,
     pub total_usd: f64,
+}
+
+impl Estimate {
+    /// Adds `epu_hours` of provisioned event pollers.
+    pub fn with_pollers(mut self, epu_hours: f64) -> Self {
+        let usd = epu_hours * price::EPU_HOUR_USD;
+        self.epu_hours += epu_hours;
+        self.pollers_usd += usd;
+        self.total_usd += usd;
+        self
+    }
+}
+
+/// One stage's Lambda usage and cost, from its invocation statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StageCost {
+    pub stage: String,
+    pub function: String,
+    pub memory_mb: u32,
+    pub requests: u64,
+    pub billed_s: f64,
+    pub gb_s: f64,
+    pub usd: f64,
+}
+
+/// A job's Lambda cost at list prices: its invocations and their billed time (measured,
+/// without [`latency`]'s modelled round trips), per stage. Its queue, table and bucket
+/// requests are metered per engine, not per job, so they are not in it; `sluice run` prints
+/// a lone job's whole bill.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LambdaCost {
+    pub requests: u64,
+    pub billed_s: f64,
+    pub gb_s: f64,
+    pub usd: f64,
+    pub stages: Vec<StageCost>,
+    /// The prices applied: USD per request, per GB-s.
+    pub request_usd: f64,
+    pub gb_s_usd: f64,
+}
+
+/// The Lambda cost of a job's stages; `None` without statistics.
+pub fn lambda_cost(stats: &[crate::ports::StageStats]) -> Option<LambdaCost> {
+    if stats.is_empty() {
+        return None;
+    }
+    let stages: Vec<StageCost> = stats
+        .iter()
+        .map(|s| {
+            let memory_mb = memory_mb(&s.function);
+            let billed_s = s.billed_ms as f64 / 1e3;
+            let gb_s = billed_s * f64::from(memory_mb) / 1024.0;
+            // Throttled batches never ran: not billed.
+            let requests = s.invocations.saturating_sub(s.throttles);
+            StageCost {
+                stage: s.stage.clone(),
+                function: s.function.clone(),
+                memory_mb,
+                requests,
+                billed_s,
+                gb_s,
+                usd: requests as f64 * price::LAMBDA_REQUEST_USD + gb_s * price::LAMBDA_GB_S_USD,
+            }
+        })
+        .collect();
+    Some(LambdaCost {
+        requests: stages.iter().map(|s| s.requests).sum(),
+        billed_s: stages.iter().map(|s| s.billed_s).sum(),
+        gb_s: stages.iter().map(|s| s.gb_s).sum(),
+        usd: stages.iter().map(|s| s.usd).sum(),
+        stages,
+        request_usd: price::LAMBDA_REQUEST_USD,
+        gb_s_usd: price::LAMBDA_GB_S_USD,
+    })
 }
 
 /// DynamoDB write request units of one write of an item of `bytes` (1 KB each, rounded up).
@@ -230,6 +318,36 @@ mod tests {
         let want = 3.0 + latency::SQS_MS + 2.0 * latency::DYNAMODB_MS + latency::S3_MS;
         assert!((f.modelled_ms() - want).abs() < 1e-9);
         assert!((f.gb_s() - want / 1e3 / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn provisioned_pollers_cost_their_poller_hours() {
+        let e = Usage::default().estimate();
+        assert_eq!(e.total_usd, 0.0);
+        // 100 pollers for 6 minutes: 10 EPU-hours.
+        let e = e.with_pollers(10.0);
+        assert!((e.pollers_usd - 0.0925).abs() < 1e-12, "{e:?}");
+        assert!((e.total_usd - 0.0925).abs() < 1e-12);
+        assert_eq!(e.epu_hours, 10.0);
+    }
+
+    #[test]
+    fn a_jobs_lambda_cost_is_its_billed_time_at_list_prices() {
+        assert_eq!(lambda_cost(&[]), None);
+        let stats = [crate::ports::StageStats {
+            stage: "count".into(),
+            function: "count".into(),
+            invocations: 1_000_001,
+            throttles: 1,
+            billed_ms: 2_048_000, // 2,048 s at 512 MB: 1,024 GB-s
+            ..Default::default()
+        }];
+        let c = lambda_cost(&stats).unwrap();
+        assert_eq!(c.requests, 1_000_000);
+        assert!((c.gb_s - 1_024.0).abs() < 1e-9);
+        let want = 0.20 + 1_024.0 * price::LAMBDA_GB_S_USD;
+        assert!((c.usd - want).abs() < 1e-9, "{}", c.usd);
+        assert_eq!(c.stages.len(), 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::record::{self, JobRecord, Lease, Outcome, StageRecord, Versioned};
 use crate::reserve;
 use crate::services::{Services, Tick};
 use crate::submit::{submit, Disposition, SubmitError, SubmitOptions};
+use crate::timeline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -1085,6 +1086,16 @@ impl Fenced {
         let observation = self.observation(flow, true, finished).await?;
         let decision = self.rec.policy.decide(&observation);
         let decision = self.reserve(decision).await?;
+        let (store, now) = (self.svc.store.as_ref(), self.svc.clock.now_ms());
+        timeline::record(
+            store,
+            &self.rec.id,
+            self.rec.attempt,
+            now,
+            &observation,
+            &decision,
+        )
+        .await;
         let previous: Vec<Option<Levers>> = self.rec.stages.iter().map(|s| s.levers).collect();
         let mut stages = self.rec.stages.clone();
         let mut changed = false;

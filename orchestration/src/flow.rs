@@ -152,6 +152,13 @@ pub trait JobType: Send + Sync {
     fn parts(&self, _params: &Value) -> Result<Option<Vec<JobRequest>>, ValidationError> {
         Ok(None)
     }
+    /// The params as a JSON Schema (`type`, `properties`, `minimum`, `maximum`,
+    /// `maxLength`, `default`, `description`, `examples`): what a form is built from
+    /// (`GET /job-types`). Validation stays in [`JobType::normalize`]; `jobs::tests` checks
+    /// that the two name the same fields. Without properties a form takes the params as JSON.
+    fn params_schema(&self) -> Value {
+        serde_json::json!({ "type": "object" })
+    }
 }
 
 /// A request that passed validation: its normalized params and its id.
@@ -222,6 +229,14 @@ impl Registry {
     /// The flow of an already validated (normalized) request.
     pub fn flow(&self, request: &JobRequest) -> Result<Flow, ValidationError> {
         self.get(&request.job_type)?.flow(&request.params)
+    }
+
+    /// Each job type's name and params schema, in registry order.
+    pub fn schemas(&self) -> Vec<(&'static str, Value)> {
+        self.types
+            .iter()
+            .map(|t| (t.name(), t.params_schema()))
+            .collect()
     }
 
     /// The parts of a composite request (see [`JobType::parts`]).

@@ -56,5 +56,6 @@ pub mod sim;
 pub mod status;
 pub mod submit;
 pub mod sweeper;
+pub mod timeline;
 pub mod tweets;
 pub mod worker;

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 
 use crate::cost::{read_units, sqs_chunks, write_units, FunctionUsage, Usage};
 use crate::ports::{
-    Attributes, BlobError, BlobSize, Blobs, Condition, Item, JobStore, Key, OutgoingMessage, Page,
-    QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, StoreError, TxOp,
+    limits, Attributes, BlobError, BlobSize, Blobs, Condition, Item, JobStore, Key,
+    OutgoingMessage, Page, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, StoreError,
+    TxOp,
 };
 
 tokio::task_local! {
@@ -132,9 +133,9 @@ fn blank(function: &str) -> FunctionUsage {
     }
 }
 
-/// The size DynamoDB would bill an item at: attribute names and values, and the key.
+/// The size DynamoDB would bill an item at, as the DynamoDB adapter stores it.
 fn item_bytes(key: &Key, attrs: &Attributes) -> usize {
-    key.pk.len() + key.sk.len() + serde_json::to_vec(attrs).map_or(0, |v| v.len())
+    limits::item_size(key, limits::WRITE_VERSION, attrs)
 }
 
 pub struct MeteredStore {
@@ -215,8 +216,7 @@ impl MeteredQueues {
     }
 }
 
-/// SQS batch calls carry at most 10 entries.
-const SQS_BATCH: usize = 10;
+const SQS_BATCH: usize = limits::MAX_BATCH_ENTRIES;
 
 /// Requests a batch call over `entries` entries takes (at least one).
 fn batch_requests(entries: usize) -> u64 {

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::price;
-use crate::ports::{limits, MappingConfig, QueueCounts};
+use crate::ports::{limits, MappingConfig, ProvisionedPollers, QueueCounts};
 
 /// What the daemon saw this tick. Queue counts are approximate: hints, never the completion
 /// signal.
@@ -55,19 +55,54 @@ pub struct Levers {
     pub max_concurrency: u32,
     /// How much of the function's reserved concurrency this stage needs (`None`: none asked).
     pub reserved_concurrency: Option<u32>,
+    /// Provisioned mode: the mapping keeps event pollers ready for `max_concurrency`
+    /// ([`pollers_for`]) instead of setting MaximumConcurrency and ramping up from 5.
+    #[serde(default)]
+    pub provisioned: bool,
 }
 
 impl Levers {
     /// The mapping's settings; a stage granted no reserved concurrency (its job waits for
-    /// admission) is disabled.
+    /// admission) is disabled. A provisioned stage whose concurrency is too small for two
+    /// pollers runs in the default mode.
     pub fn mapping_config(&self) -> MappingConfig {
+        let pollers = if self.provisioned {
+            pollers_for(self.max_concurrency)
+        } else {
+            None
+        };
         MappingConfig {
             batch_size: self.batch_size,
             batching_window_secs: self.batching_window_secs,
-            max_concurrency: self.max_concurrency,
+            max_concurrency: pollers.is_none().then_some(self.max_concurrency),
+            provisioned_pollers: pollers,
             enabled: self.reserved_concurrency != Some(0),
         }
     }
+}
+
+/// Pollers that run at most `max_concurrency` invocations at once (10 each, rounded down,
+/// so the mapping never outruns a reservation of `max_concurrency`), all kept ready: no ramp
+/// up to 2,000 invocations (200 pollers, the most MinimumPollers allows). `None` below the
+/// least of 2 pollers.
+pub fn pollers_for(max_concurrency: u32) -> Option<ProvisionedPollers> {
+    let maximum = (max_concurrency / limits::INVOKES_PER_POLLER).min(limits::MAX_POLLERS);
+    (maximum >= limits::MIN_POLLERS).then(|| ProvisionedPollers {
+        minimum: maximum.min(limits::MAX_MINIMUM_POLLERS),
+        maximum,
+    })
+}
+
+/// How a stage's mappings scale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pollers {
+    /// AWS's default scaling, capped by MaximumConcurrency: 5 concurrent batches at first,
+    /// +5 a second.
+    #[default]
+    Standard,
+    /// Provisioned mode wherever a stage needs at least 20 concurrent invocations (2
+    /// pollers): ready at once, billed per poller-hour.
+    Auto,
 }
 
 /// What a job asks of the `backlog` policy.
@@ -77,6 +112,13 @@ pub struct Goal {
     pub target_s: Option<u32>,
     /// Spend at most this much (micro-dollars) of Lambda on the remaining work.
     pub max_cost_microusd: Option<u64>,
+    /// Whether the mappings may run in provisioned mode (`pollers=auto`).
+    #[serde(default)]
+    pub pollers: Pollers,
+    /// The job table's write units a second to plan for (`table-wcu=N`; default
+    /// [`assume::TABLE_WRITE_UNITS_PER_S`]).
+    #[serde(default)]
+    pub table_wcu: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +171,7 @@ impl Policy {
                     batching_window_secs,
                     max_concurrency: concurrency,
                     reserved_concurrency: None,
+                    provisioned: false,
                 }
             })
             .collect()
@@ -143,6 +186,7 @@ fn source_levers(max_concurrency: u32) -> Levers {
         batching_window_secs: 0,
         max_concurrency,
         reserved_concurrency: None,
+        provisioned: false,
     }
 }
 
@@ -166,6 +210,14 @@ pub mod assume {
     /// Work per slot at or below which the job is in its tail: batches of at most 10
     /// without a batching window, so the last messages never wait for a batch to fill.
     pub const TAIL_BATCH: u64 = crate::ports::limits::MAX_BATCH_SIZE_WITHOUT_WINDOW as u64;
+    /// The job table's write units a second a plan may use: what a new on-demand table
+    /// serves at once (AWS-FACTS.md; more after 30 minutes, or with warm throughput set
+    /// ahead: `table-wcu=N`).
+    pub const TABLE_WRITE_UNITS_PER_S: f64 = 4_000.0;
+    /// The ledger's write units per partition: its marker at twice the units in its
+    /// transaction, and a share of the aggregate shard and delta record written with every
+    /// 49 (`notes/keyed-design.md`; `sim::model`).
+    pub const WRITE_UNITS_PER_PARTITION: f64 = 2.1;
 }
 
 /// The `backlog` policy.
@@ -179,6 +231,18 @@ pub mod assume {
 /// - **Concurrency** is the least that drains `W` within the horizon at the stage's
 ///   measured throughput, counting the pollers' ramp from the job's start ([`capacity`]);
 ///   within 2–1,000. A stage with work is never below 2.
+/// - **The store.** Every partition ends in a ledger commit, and the job table takes
+///   [`assume::TABLE_WRITE_UNITS_PER_S`] (or `table-wcu`) at
+///   [`assume::WRITE_UNITS_PER_PARTITION`] each: no stage is planned faster than that
+///   (more concurrency would only queue, or throttle the commits until they fail), and the
+///   fastest drain counts it.
+/// - **Pollers** (`pollers=auto`). The default mode's ramp (+5 a second from 5) binds any
+///   stage that needs more than a few dozen invocations: it takes (c − 5)/5 s to reach c.
+///   In provisioned mode the pollers for c are ready at once, so a stage whose least
+///   concurrency without a ramp is at least 20 (2 pollers) runs provisioned, at that
+///   concurrency rounded up to whole pollers; the horizon's "fastest" counts no ramp
+///   either. Smaller stages stay in the default mode. Pollers cost about $0.009 an hour
+///   each (`cost::price::EPU_HOUR_USD`), counted in the cost cap.
 /// - **Batch size.** Cost falls with fewer, longer invocations, so each slot's share of
 ///   `W` is cut into [`assume::ROUNDS`] batches (up to 10,000, and no longer than
 ///   [`assume::MAX_INVOCATION_S`]). A cost cap grows batches further until the modelled
@@ -217,6 +281,14 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
             .unwrap_or(assume::THROUGHPUT)
     };
     let elapsed = obs.elapsed_s.max(0.0);
+    let store_rate = goal
+        .table_wcu
+        .map_or(assume::TABLE_WRITE_UNITS_PER_S, f64::from)
+        / assume::WRITE_UNITS_PER_PARTITION;
+    let ramp = match goal.pollers {
+        Pollers::Standard => Ramp::Standard,
+        Pollers::Auto => Ramp::Provisioned,
+    };
     let horizon = match goal.target_s {
         Some(target) => f64::from(target) - elapsed,
         None => {
@@ -225,7 +297,10 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                 .iter()
                 .zip(&work)
                 .filter(|(s, _)| !s.is_source)
-                .map(|(s, w)| fastest_drain(*w as f64, throughput(s), elapsed))
+                .map(|(s, w)| {
+                    fastest_drain(ramp, *w as f64, throughput(s), elapsed)
+                        .max(*w as f64 / store_rate)
+                })
                 .fold(0.0, f64::max);
             2.0 * fastest
         }
@@ -241,7 +316,18 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                 return StagePlan::Source(s.backlog());
             }
             let rate = throughput(s);
-            let concurrency = u64::from(least_slots(*w as f64, rate, elapsed, horizon));
+            // The most slots the store keeps busy.
+            let store_slots = (store_rate / rate).ceil().clamp(
+                f64::from(limits::MIN_MAX_CONCURRENCY),
+                f64::from(limits::MAX_MAX_CONCURRENCY),
+            ) as u32;
+            let slots =
+                |ramp| least_slots(ramp, *w as f64, rate, elapsed, horizon).min(store_slots);
+            let provisioned = match ramp {
+                Ramp::Provisioned => whole_pollers(slots(Ramp::Provisioned), store_slots),
+                Ramp::Standard => None,
+            };
+            let concurrency = u64::from(provisioned.unwrap_or_else(|| slots(Ramp::Standard)));
             let per_slot = w.div_ceil(concurrency);
             let longest = ((rate * assume::MAX_INVOCATION_S) as u64).max(1);
             let batch_cap = longest.min(u64::from(limits::MAX_BATCH_SIZE)).max(1);
@@ -254,6 +340,7 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                 per_slot,
                 batch,
                 batch_cap,
+                provisioned: provisioned.is_some(),
             }
         })
         .collect();
@@ -286,17 +373,30 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
     plans
         .into_iter()
         .map(|plan| match plan {
-            StagePlan::Source(tasks) => source_levers(tasks.clamp(
-                u64::from(limits::MIN_MAX_CONCURRENCY),
-                u64::from(limits::MAX_MAX_CONCURRENCY),
-            ) as u32),
+            StagePlan::Source(tasks) => {
+                let concurrency = tasks.clamp(
+                    u64::from(limits::MIN_MAX_CONCURRENCY),
+                    u64::from(limits::MAX_MAX_CONCURRENCY),
+                ) as u32;
+                match (
+                    ramp,
+                    whole_pollers(concurrency, limits::MAX_MAX_CONCURRENCY),
+                ) {
+                    (Ramp::Provisioned, Some(c)) => Levers {
+                        provisioned: true,
+                        ..source_levers(c)
+                    },
+                    _ => source_levers(concurrency),
+                }
+            }
             StagePlan::Worker {
                 concurrency,
                 per_slot,
                 batch,
+                provisioned,
                 ..
             } => {
-                if per_slot <= assume::TAIL_BATCH {
+                let levers = if per_slot <= assume::TAIL_BATCH {
                     tail_levers(concurrency, per_slot)
                 } else {
                     let batch = batch as u32;
@@ -307,11 +407,44 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                         ),
                         max_concurrency: concurrency,
                         reserved_concurrency: None,
+                        provisioned: false,
                     }
+                };
+                Levers {
+                    provisioned,
+                    ..levers
                 }
             }
         })
         .collect()
+}
+
+/// How a mapping's concurrency grows from the moment it has work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ramp {
+    /// The default scaling: 5 concurrent batches, +5 a second.
+    Standard,
+    /// Provisioned mode with every poller kept ready (see [`pollers_for`]): all of it at once
+    /// up to 2,000 invocations, above anything one mapping is given here.
+    Provisioned,
+}
+
+/// `slots` in whole pollers (10 invocations each): rounded up, but never above `cap`;
+/// `None` under the least of 2 pollers.
+fn whole_pollers(slots: u32, cap: u32) -> Option<u32> {
+    let per = limits::INVOKES_PER_POLLER;
+    let cap = cap.min(limits::MAX_MAX_CONCURRENCY);
+    let up = slots.div_ceil(per).saturating_mul(per);
+    let rounded = if up <= cap { up } else { cap / per * per };
+    (rounded >= limits::MIN_POLLERS * per).then_some(rounded)
+}
+
+/// [`capacity`] under a mapping's ramp.
+pub fn capacity_in(ramp: Ramp, slots: f64, rate: f64, from: f64, to: f64) -> f64 {
+    match ramp {
+        Ramp::Standard => capacity(slots, rate, from, to),
+        Ramp::Provisioned => rate * slots * (to - from).max(0.0),
+    }
 }
 
 /// Messages `slots` concurrent invocations handling `rate` each per second get through
@@ -336,11 +469,11 @@ pub fn capacity(slots: f64, rate: f64, from: f64, to: f64) -> f64 {
 
 /// The least MaximumConcurrency (2–1,000) that gets `work` through within `horizon`
 /// seconds from `elapsed`, or 1,000 if none does.
-fn least_slots(work: f64, rate: f64, elapsed: f64, horizon: f64) -> u32 {
+fn least_slots(ramp: Ramp, work: f64, rate: f64, elapsed: f64, horizon: f64) -> u32 {
     let (mut lo, mut hi) = (limits::MIN_MAX_CONCURRENCY, limits::MAX_MAX_CONCURRENCY);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if capacity(f64::from(mid), rate, elapsed, elapsed + horizon) >= work {
+        if capacity_in(ramp, f64::from(mid), rate, elapsed, elapsed + horizon) >= work {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -350,15 +483,15 @@ fn least_slots(work: f64, rate: f64, elapsed: f64, horizon: f64) -> u32 {
 }
 
 /// The least time in which 1,000 concurrent invocations, ramping up, get `work` through.
-fn fastest_drain(work: f64, rate: f64, elapsed: f64) -> f64 {
+fn fastest_drain(ramp: Ramp, work: f64, rate: f64, elapsed: f64) -> f64 {
     let slots = f64::from(limits::MAX_MAX_CONCURRENCY);
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    while capacity(slots, rate, elapsed, elapsed + hi) < work && hi < 1e12 {
+    while capacity_in(ramp, slots, rate, elapsed, elapsed + hi) < work && hi < 1e12 {
         hi *= 2.0;
     }
     for _ in 0..60 {
         let mid = (lo + hi) / 2.0;
-        if capacity(slots, rate, elapsed, elapsed + mid) >= work {
+        if capacity_in(ramp, slots, rate, elapsed, elapsed + mid) >= work {
             hi = mid;
         } else {
             lo = mid;
@@ -375,6 +508,7 @@ fn tail_levers(max_concurrency: u32, per_slot: u64) -> Levers {
         batching_window_secs: 0,
         max_concurrency,
         reserved_concurrency: None,
+        provisioned: false,
     }
 }
 
@@ -389,18 +523,21 @@ enum StagePlan {
         per_slot: u64,
         batch: u64,
         batch_cap: u64,
+        provisioned: bool,
     },
 }
 
 impl StagePlan {
     /// Modelled Lambda cost of the stage's remaining work at this batch size: requests,
-    /// and billed time of the messages plus each invocation's fixed overhead.
+    /// and billed time of the messages plus each invocation's fixed overhead; in
+    /// provisioned mode, the pollers too (one per 10 invocations, for as long as they run).
     fn lambda_usd(&self) -> f64 {
         let Self::Worker {
             work,
             rate,
             memory_gb,
             batch,
+            provisioned,
             ..
         } = self
         else {
@@ -408,7 +545,14 @@ impl StagePlan {
         };
         let invocations = work.div_ceil((*batch).max(1)) as f64;
         let seconds = *work as f64 / rate + invocations * assume::INVOCATION_OVERHEAD_S;
-        invocations * price::LAMBDA_REQUEST_USD + seconds * memory_gb * price::LAMBDA_GB_S_USD
+        let pollers = if *provisioned {
+            seconds / f64::from(limits::INVOKES_PER_POLLER) / 3_600.0 * price::EPU_HOUR_USD
+        } else {
+            0.0
+        };
+        invocations * price::LAMBDA_REQUEST_USD
+            + seconds * memory_gb * price::LAMBDA_GB_S_USD
+            + pollers
     }
 }
 
@@ -423,7 +567,7 @@ pub fn batch_for(partitions: u64, concurrency: u32) -> (u32, u32) {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown policy `{0}`; known: always-one, static-proportional:M (M a positive integer), backlog, backlog:target=SECONDS, backlog:max-cost=USD, backlog:target=SECONDS,max-cost=USD")]
+#[error("unknown policy `{0}`; known: always-one, static-proportional:M (M a positive integer), backlog, backlog:GOAL where GOAL is target=SECONDS, max-cost=USD, pollers=auto and/or table-wcu=N, comma-separated (e.g. backlog:target=60,max-cost=0.5,pollers=auto)")]
 pub struct PolicyParseError(String);
 
 impl FromStr for Policy {
@@ -446,9 +590,11 @@ impl FromStr for Policy {
     }
 }
 
-/// `target=SECONDS`, `max-cost=USD`, or both, comma-separated.
+/// `target=SECONDS`, `max-cost=USD`, `pollers=auto|standard`, `table-wcu=N`, comma-separated,
+/// each at most once.
 fn parse_goal(s: &str) -> Option<Goal> {
     let mut goal = Goal::default();
+    let mut pollers_seen = false;
     for part in s.split(',') {
         match part.split_once('=')? {
             ("target", v) if goal.target_s.is_none() => {
@@ -460,6 +606,17 @@ fn parse_goal(s: &str) -> Option<Goal> {
                     .ok()
                     .filter(|c| c.is_finite() && *c > 0.0)?;
                 goal.max_cost_microusd = Some((usd * 1e6).round().max(1.0) as u64);
+            }
+            ("table-wcu", v) if goal.table_wcu.is_none() => {
+                goal.table_wcu = Some(v.parse::<u32>().ok().filter(|n| *n > 0)?);
+            }
+            ("pollers", v) if !pollers_seen => {
+                pollers_seen = true;
+                goal.pollers = match v {
+                    "auto" => Pollers::Auto,
+                    "standard" => Pollers::Standard,
+                    _ => return None,
+                };
             }
             _ => return None,
         }
@@ -493,6 +650,12 @@ impl fmt::Display for Policy {
                 }
                 if let Some(c) = goal.max_cost_microusd {
                     parts.push(format!("max-cost={}", c as f64 / 1e6));
+                }
+                if goal.pollers == Pollers::Auto {
+                    parts.push("pollers=auto".into());
+                }
+                if let Some(n) = goal.table_wcu {
+                    parts.push(format!("table-wcu={n}"));
                 }
                 if !parts.is_empty() {
                     write!(f, ":{}", parts.join(","))?;
@@ -633,6 +796,8 @@ mod tests {
     fn backlog_table() {
         let unplanned = with(observation(2_000, 20), |o| o.total_partitions = None);
         let million = observation(100_000_000, 1_000_000);
+        // A table that takes it all, so that these cases are about the pollers' ramp; the
+        // last two are a new on-demand table.
         let cases: Vec<(&str, &str, Observation, Vec<Triple>)> = vec![
             (
                 "before planning, the least of everything",
@@ -651,20 +816,20 @@ mod tests {
                 // 62 s; within twice that (124.5 s), 86 slots do (full from 16 s on):
                 // 86 slots of 11,628, in 4 rounds of 2,907.
                 "10^6 partitions, no target: the least within twice the fastest",
-                "backlog",
+                "backlog:table-wcu=10000000",
                 million.clone(),
                 vec![(2, 1, 0), (86, 2_907, 1), (86, 2_907, 1), (86, 2_907, 1)],
             ),
             (
                 // 100 slots would do at once; the ramp's first 19 s ask for 12 more.
                 "a 100 s target needs 112 slots, counting the ramp",
-                "backlog:target=100",
+                "backlog:target=100,table-wcu=10000000",
                 million.clone(),
                 vec![(2, 1, 0), (112, 2_233, 1), (112, 2_233, 1), (112, 2_233, 1)],
             ),
             (
                 "a missed target runs as fast as AWS allows",
-                "backlog:target=100",
+                "backlog:target=100,table-wcu=10000000",
                 with(million.clone(), |o| o.elapsed_s = 500.0),
                 vec![(2, 1, 0), (1_000, 250, 1), (1_000, 250, 1), (1_000, 250, 1)],
             ),
@@ -672,7 +837,7 @@ mod tests {
                 // At 1,000 partitions/s per slot, 100 s is 10 slots of 100,000 (11 with
                 // the ramp's first second); a batch is capped at 10,000.
                 "measured throughput needs fewer slots",
-                "backlog:target=100",
+                "backlog:target=100,table-wcu=10000000",
                 with(million.clone(), |o| {
                     for s in &mut o.stages[1..] {
                         s.throughput = Some(1_000.0);
@@ -694,20 +859,109 @@ mod tests {
             ),
             (
                 "feed tasks run in parallel",
-                "backlog",
+                "backlog:table-wcu=10000000",
                 with(million.clone(), |o| o.stages[0].counts.visible = 256),
                 vec![(256, 1, 0), (86, 2_907, 1), (86, 2_907, 1), (86, 2_907, 1)],
             ),
             (
                 "the tail: batches of at most 10, invoked at once",
-                "backlog",
+                "backlog:table-wcu=10000000",
                 with(million.clone(), |o| o.finished_partitions = 1_000_000 - 15),
                 vec![(2, 1, 0), (2, 8, 0), (2, 8, 0), (2, 8, 0)],
+            ),
+            (
+                // 4,000 units a second at 2.1 a partition: 1,905 partitions a second, so
+                // 10^6 take at least 525 s; within twice that, 10 slots of 100,000 at 100/s
+                // (batches capped at a minute's work), never more than the 20 slots that
+                // keep the table busy.
+                "a new on-demand table binds before the ramp does",
+                "backlog",
+                million.clone(),
+                vec![(2, 1, 0), (10, 6_000, 1), (10, 6_000, 1), (10, 6_000, 1)],
+            ),
+            (
+                "a 100 s target the table cannot meet asks no more than the table takes",
+                "backlog:target=100",
+                million.clone(),
+                vec![(2, 1, 0), (20, 6_000, 1), (20, 6_000, 1), (20, 6_000, 1)],
             ),
         ];
         for (why, policy, obs, expected) in cases {
             assert_eq!(levers(policy, &obs), expected, "{why}");
         }
+    }
+
+    #[test]
+    fn pollers_auto_provisions_where_the_ramp_binds() {
+        let million = observation(100_000_000, 1_000_000);
+        // A table with warm throughput for all of it: the ramp, not the store, binds.
+        let auto: Policy = "backlog:pollers=auto,table-wcu=10000000".parse().unwrap();
+        let levers = auto.decide(&million);
+        // Fastest without a ramp: 1,000 slots at 100/s drain 10^6 in 10 s; within twice
+        // that, 500 slots: 50 pollers, all ready. The feed (nothing queued) stays at 2.
+        assert!(!levers[0].provisioned);
+        for l in &levers[1..] {
+            assert_eq!((l.max_concurrency, l.provisioned), (500, true), "{l:?}");
+            let config = l.mapping_config();
+            assert_eq!(config.max_concurrency, None);
+            assert_eq!(
+                config.provisioned_pollers,
+                Some(ProvisionedPollers {
+                    minimum: 50,
+                    maximum: 50
+                })
+            );
+        }
+        // Without the lever, the same job asks for 86 slots over a longer horizon.
+        let standard: Policy = "backlog:table-wcu=10000000".parse().unwrap();
+        let standard = standard.decide(&million);
+        assert!(standard.iter().all(|l| !l.provisioned));
+        assert_eq!(standard[1].max_concurrency, 86);
+        // A stage needing fewer than 20 slots stays in the default mode.
+        let small = auto.decide(&observation(20_000, 200));
+        assert!(small.iter().all(|l| !l.provisioned), "{small:?}");
+        // Feed tasks run provisioned when there are 20 or more.
+        let feeding = auto.decide(&with(million.clone(), |o| o.stages[0].counts.visible = 256));
+        assert_eq!(
+            (feeding[0].max_concurrency, feeding[0].provisioned),
+            (260, true)
+        );
+        // On a new on-demand table 20 slots keep the store busy: 2 pollers at most.
+        let bound: Policy = "backlog:pollers=auto".parse().unwrap();
+        for l in &bound.decide(&million)[1..] {
+            assert!(l.max_concurrency <= 20, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn pollers_never_outrun_the_concurrency_asked() {
+        assert_eq!(pollers_for(19), None);
+        assert_eq!(
+            pollers_for(20),
+            Some(ProvisionedPollers {
+                minimum: 2,
+                maximum: 2
+            })
+        );
+        // 86 → 8 pollers, 80 invocations; beyond 200 pollers only 200 are kept ready.
+        assert_eq!(pollers_for(86).map(|p| p.maximum), Some(8));
+        assert_eq!(
+            pollers_for(1_000_000),
+            Some(ProvisionedPollers {
+                minimum: 200,
+                maximum: 10_000
+            })
+        );
+        // A provisioned stage cut below 20 by its reservation runs in the default mode.
+        let cut = Levers {
+            batch_size: 10,
+            batching_window_secs: 0,
+            max_concurrency: 12,
+            reserved_concurrency: Some(12),
+            provisioned: true,
+        };
+        assert_eq!(cut.mapping_config().max_concurrency, Some(12));
+        assert_eq!(cut.mapping_config().provisioned_pollers, None);
     }
 
     #[test]
@@ -729,7 +983,7 @@ mod tests {
                 s.throughput = Some(500.0);
             }
         });
-        let fast: Policy = "backlog:target=1".parse().unwrap();
+        let fast: Policy = "backlog:target=1,table-wcu=100000000".parse().unwrap();
         let usd = |levers: &[Levers]| -> (f64, f64) {
             let (mut fixed, mut per_message) = (0.0, 0.0);
             for l in &levers[1..] {
@@ -746,7 +1000,9 @@ mod tests {
         assert!(free.iter().skip(1).all(|l| l.max_concurrency == 1_000));
         // A cap that only larger batches can meet.
         let cap = per_message + fixed / 3.0;
-        let capped: Policy = format!("backlog:target=1,max-cost={cap}").parse().unwrap();
+        let capped: Policy = format!("backlog:target=1,max-cost={cap},table-wcu=100000000")
+            .parse()
+            .unwrap();
         let capped = capped.decide(&obs);
         let (fixed_capped, _) = usd(&capped);
         assert!(per_message + fixed_capped <= cap * 1.000_001);
@@ -764,14 +1020,14 @@ mod tests {
                 "backlog:target=60",
                 Goal {
                     target_s: Some(60),
-                    max_cost_microusd: None,
+                    ..Goal::default()
                 },
             ),
             (
                 "backlog:max-cost=0.05",
                 Goal {
-                    target_s: None,
                     max_cost_microusd: Some(50_000),
+                    ..Goal::default()
                 },
             ),
             (
@@ -779,12 +1035,34 @@ mod tests {
                 Goal {
                     target_s: Some(60),
                     max_cost_microusd: Some(1_500_000),
+                    ..Goal::default()
+                },
+            ),
+            (
+                "backlog:pollers=auto",
+                Goal {
+                    pollers: Pollers::Auto,
+                    ..Goal::default()
+                },
+            ),
+            (
+                "backlog:target=60,max-cost=1.5,pollers=auto,table-wcu=40000",
+                Goal {
+                    target_s: Some(60),
+                    max_cost_microusd: Some(1_500_000),
+                    pollers: Pollers::Auto,
+                    table_wcu: Some(40_000),
                 },
             ),
         ] {
             assert_eq!(text.parse(), Ok(Policy::Backlog(goal)), "{text}");
             assert_eq!(Policy::Backlog(goal).to_string(), text);
         }
+        // The default mode said out loud is the default.
+        assert_eq!(
+            "backlog:pollers=standard".parse(),
+            Ok(Policy::Backlog(Goal::default()))
+        );
         for bad in [
             "backlog:",
             "backlog:target",
@@ -794,6 +1072,10 @@ mod tests {
             "backlog:max-cost=NaN",
             "backlog:target=5,target=6",
             "backlog:speed=9",
+            "backlog:pollers=fast",
+            "backlog:pollers=auto,pollers=auto",
+            "backlog:table-wcu=0",
+            "backlog:table-wcu=lots",
         ] {
             assert!(bad.parse::<Policy>().is_err(), "{bad}");
         }
@@ -853,10 +1135,18 @@ mod tests {
             (
                 prop::option::of(1u32..100_000),
                 prop::option::of(1u64..10_000_000_000),
+                prop::bool::ANY,
+                prop::option::of(1u32..1_000_000),
             )
-                .prop_map(|(target_s, max_cost_microusd)| Goal {
+                .prop_map(|(target_s, max_cost_microusd, auto, table_wcu)| Goal {
                     target_s,
                     max_cost_microusd,
+                    pollers: if auto {
+                        Pollers::Auto
+                    } else {
+                        Pollers::Standard
+                    },
+                    table_wcu,
                 })
         }
 
@@ -869,7 +1159,14 @@ mod tests {
                 let levers = backlog(&goal, &obs);
                 prop_assert_eq!(levers.len(), obs.stages.len());
                 for (l, s) in levers.iter().zip(&obs.stages) {
-                    prop_assert!(l.mapping_config().validate().is_ok(), "{:?}", l);
+                    let config = l.mapping_config();
+                    prop_assert!(config.validate().is_ok(), "{:?}", l);
+                    // Never more invocations than the stage asked for (and was reserved).
+                    prop_assert!(config.concurrency_cap() <= l.max_concurrency, "{:?}", l);
+                    prop_assert_eq!(config.provisioned_pollers.is_some(), l.provisioned, "{:?}", l);
+                    if goal.pollers == Pollers::Standard {
+                        prop_assert!(!l.provisioned);
+                    }
                     prop_assert!(l.max_concurrency >= limits::MIN_MAX_CONCURRENCY);
                     prop_assert!(l.max_concurrency <= limits::MAX_MAX_CONCURRENCY);
                     prop_assert!(l.batch_size >= 1 && l.batch_size <= limits::MAX_BATCH_SIZE);
@@ -905,11 +1202,70 @@ mod tests {
             }
 
             #[test]
+            fn provisioned_pollers_meet_a_target_as_soon_as_they_are_there(
+                obs in any_observation(),
+                target in 1u32..10_000,
+            ) {
+                let goal = Goal {
+                    target_s: Some(target),
+                    pollers: Pollers::Auto,
+                    table_wcu: Some(u32::MAX),
+                    max_cost_microusd: None,
+                };
+                let Some(total) = obs.total_partitions else { return Ok(()) };
+                let remaining = total.saturating_sub(obs.finished_partitions);
+                let horizon = (f64::from(target) - obs.elapsed_s.max(0.0)).max(assume::MIN_HORIZON_S);
+                let levers = backlog(&goal, &obs);
+                let mut queued_later = 0u64;
+                for (l, s) in levers.iter().zip(&obs.stages).skip(1).rev() {
+                    let work = remaining.saturating_sub(queued_later);
+                    queued_later += s.backlog();
+                    let rate = s.throughput.filter(|t| *t > 0.0).unwrap_or(assume::THROUGHPUT);
+                    let elapsed = obs.elapsed_s.max(0.0);
+                    let ramp = if l.provisioned { Ramp::Provisioned } else { Ramp::Standard };
+                    let cap = f64::from(l.mapping_config().concurrency_cap());
+                    prop_assert!(
+                        capacity_in(ramp, cap, rate, elapsed, elapsed + horizon) >= work as f64 * 0.999_999
+                            || l.max_concurrency == limits::MAX_MAX_CONCURRENCY,
+                        "{:?} at {}/s over {} s cannot do {}", l, rate, horizon, work
+                    );
+                }
+            }
+
+            #[test]
+            fn no_stage_is_planned_faster_than_the_store_takes_partitions(
+                obs in any_observation(),
+                goal in any_goal(),
+            ) {
+                let store_rate = goal
+                    .table_wcu
+                    .map_or(assume::TABLE_WRITE_UNITS_PER_S, f64::from)
+                    / assume::WRITE_UNITS_PER_PARTITION;
+                let levers = backlog(&goal, &obs);
+                for (l, s) in levers.iter().zip(&obs.stages).skip(1) {
+                    if s.is_source {
+                        continue;
+                    }
+                    let rate = s.throughput.filter(|t| *t > 0.0).unwrap_or(assume::THROUGHPUT);
+                    let slots = (store_rate / rate).ceil().max(2.0);
+                    prop_assert!(
+                        f64::from(l.max_concurrency) <= slots,
+                        "{:?}: {} slots at {}/s outrun {} partitions/s", l, l.max_concurrency, rate, store_rate
+                    );
+                }
+            }
+
+            #[test]
             fn a_target_is_met_when_aws_allows(
                 obs in any_observation(),
                 target in 1u32..10_000,
             ) {
-                let goal = Goal { target_s: Some(target), max_cost_microusd: None };
+                // A table that never binds: the ramp alone.
+                let goal = Goal {
+                    target_s: Some(target),
+                    table_wcu: Some(u32::MAX),
+                    ..Goal::default()
+                };
                 let Some(total) = obs.total_partitions else { return Ok(()) };
                 let remaining = total.saturating_sub(obs.finished_partitions);
                 let horizon = (f64::from(target) - obs.elapsed_s.max(0.0)).max(assume::MIN_HORIZON_S);

@@ -62,6 +62,8 @@ pub struct JobView {
     /// A composite job's parts, each a job of its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PartView>,
+    /// The Lambda cost of the invocations so far (`None` where no statistics are kept).
+    pub cost: Option<crate::cost::LambdaCost>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -166,6 +168,7 @@ pub async fn view(
                 computed: rec.parts_computed.get(i).copied().unwrap_or(false),
             })
             .collect(),
+        cost: crate::cost::lambda_cost(&stats),
     })
 }
 

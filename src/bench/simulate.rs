@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 use orchestration::cost;
 use orchestration::local::InvocationOutcome;
 use orchestration::policy::Policy;
-use orchestration::sim::{self, JobSpec, PerPartition, Profile, Report, Scenario, StageProfile};
+use orchestration::sim::{
+    self, JobSpec, Keyed, Layout, PerPartition, Profile, Report, Scenario, StageProfile, StoreSpec,
+};
 use serde_json::{json, Value};
 
 use super::experiments::series;
@@ -42,9 +44,28 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value = "wordcount")]
     job: Workload,
     /// Policies to compare, comma-separated (each runs the whole scenario): always-one,
-    /// static-proportional:M, backlog, backlog:target=SECONDS,max-cost=USD.
+    /// static-proportional:M, backlog, backlog:target=SECONDS,max-cost=USD,pollers=auto
+    /// (pollers=auto: provisioned event pollers where the ramp binds).
     #[arg(long, value_delimiter = ',')]
     policy: Vec<String>,
+    /// Where the ledger keeps its items: `spread` (markers over 32 partition keys, a keyed
+    /// job's partials shuffled through S3) or `single-key` (every item of a job attempt
+    /// under one partition key, the aggregate rewritten whole: the layout before).
+    #[arg(long, default_value = "spread", value_parser = parse_layout)]
+    ledger: Layout,
+    /// A keyed job: counts per word, its words drawn from --vocabulary distinct words
+    /// (Zipf), 10 to a message.
+    #[arg(long)]
+    per_word: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    vocabulary: u64,
+    /// Write units a second the job table serves from the start: 4,000 for an on-demand
+    /// table; more where warm throughput was set ahead.
+    #[arg(long, default_value_t = 4_000)]
+    table_wcu: u32,
+    /// S3 prefixes each kind of shuffle object is spread over (the design: 1).
+    #[arg(long, default_value_t = 1)]
+    s3_prefixes: u32,
     /// Jobs submitted together, spread evenly over --spread-s seconds.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -156,10 +177,32 @@ pub(super) fn parse_policies(pieces: &[String]) -> Result<Vec<Policy>> {
         .collect()
 }
 
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    s.parse()
+}
+
 pub async fn run(args: SimulateArgs) -> Result<i32> {
     if args.messages == 0 || args.partition_size == Some(0) {
         bail!("--messages and --partition-size must be positive");
     }
+    if args.vocabulary == 0 {
+        bail!("--vocabulary must be positive");
+    }
+    if args.table_wcu == 0 {
+        bail!("--table-wcu must be positive");
+    }
+    if !(1..=1_000).contains(&args.s3_prefixes) {
+        bail!("--s3-prefixes must be within 1..=1000");
+    }
+    let store = StoreSpec {
+        layout: args.ledger,
+        keyed: args.per_word.then_some(Keyed {
+            vocabulary: args.vocabulary,
+            words_per_message: sim::model::WORDS_PER_MESSAGE,
+        }),
+        table_write_units: f64::from(args.table_wcu),
+        s3_prefixes: args.s3_prefixes,
+    };
     let mut plan = plan(&args)?;
     let profile = match args.profile.as_deref() {
         Some("built-in") => match plan.workload {
@@ -195,6 +238,7 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
             .collect();
         let mut scenario = Scenario::new(jobs, profile.clone());
         scenario.budget = (args.budget > 0).then_some(args.budget);
+        scenario.store = store.clone();
         let scratch = Scratch::new("simulate")?;
         let started = std::time::Instant::now();
         let report = sim::run(scenario, scratch.path()).await?;
@@ -202,7 +246,7 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
         write_timeline(&out, &plan, policy, &report)?;
         reports.push((policy.to_string(), report, wall_s));
     }
-    print(&out, &plan, &profile, &reports);
+    print(&out, &plan, &profile, &store, &reports);
     Ok(0)
 }
 
@@ -468,7 +512,13 @@ fn write_timeline(out: &Output, plan: &Plan, policy: &Policy, report: &Report) -
     Ok(())
 }
 
-fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Report, f64)]) {
+fn print(
+    out: &Output,
+    plan: &Plan,
+    profile: &Profile,
+    store: &StoreSpec,
+    reports: &[(String, Report, f64)],
+) {
     if out.json {
         let one = |(policy, report, wall_s): &(String, Report, f64)| -> Value {
             let mut v = serde_json::to_value(report).unwrap_or(Value::Null);
@@ -497,6 +547,8 @@ fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Repor
         "cost",
         "max reserved",
         "throttles",
+        "failed",
+        "dead",
         "wall",
     ];
     let rows: Vec<Vec<String>> = reports
@@ -525,6 +577,12 @@ fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Repor
                 format!("${:.4}", r.cost_usd),
                 r.checks.max_reserved_total.to_string(),
                 r.checks.throttles.to_string(),
+                r.checks.failed_invocations.to_string(),
+                r.jobs
+                    .iter()
+                    .map(|j| j.dead_partitions)
+                    .sum::<u64>()
+                    .to_string(),
                 fmt_s(*wall_s),
             ]
         })
@@ -537,6 +595,57 @@ fn print(out: &Output, plan: &Plan, profile: &Profile, reports: &[(String, Repor
             plan.messages,
             plan.partition_size.unwrap_or(profile.partition_size),
             profile.source
+        ),
+        &header,
+        &rows,
+        Value::Null,
+    );
+    let header = [
+        "policy",
+        "WCU/s: key",
+        "hottest key",
+        "item",
+        "table",
+        "S3/s per prefix: PUT",
+        "GET",
+        "throttled: DynamoDB",
+        "S3",
+        "gave up",
+        "largest item",
+        "oversized",
+        "pollers",
+    ];
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|(policy, r, _)| {
+            let s = &r.store;
+            vec![
+                policy.clone(),
+                format!("{:.0}", s.peak_pk_write_units_per_s),
+                s.peak_pk.clone(),
+                format!("{:.0}", s.peak_item_write_units_per_s),
+                format!("{:.0}", s.peak_table_write_units_per_s),
+                format!("{:.0}", s.peak_prefix_puts_per_s),
+                format!("{:.0}", s.peak_prefix_gets_per_s),
+                s.dynamodb_throttles.to_string(),
+                s.s3_slowdowns.to_string(),
+                s.failed_calls.to_string(),
+                format!("{} B", s.max_item_bytes),
+                s.oversized_writes.to_string(),
+                format!("${:.4}", r.estimate.pollers_usd),
+            ]
+        })
+        .collect();
+    out.report(
+        &format!(
+            "stores: ledger {}{}; table {:.0} WCU/s at first; {} S3 prefix(es) per kind (peaks per second)",
+            store.layout,
+            store
+                .keyed
+                .map(|k| format!(", per word over {} words", k.vocabulary))
+                .unwrap_or_default(),
+            store.table_write_units,
+            store.s3_prefixes,
         ),
         &header,
         &rows,

@@ -406,7 +406,8 @@ async fn the_sweeper_cleans_up_after_dead_daemons() {
     let config = orchestration::ports::MappingConfig {
         batch_size: 10,
         batching_window_secs: 0,
-        max_concurrency: 2,
+        max_concurrency: Some(2),
+        provisioned_pollers: None,
         enabled: true,
     };
     let mapping = ports

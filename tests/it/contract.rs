@@ -1,8 +1,9 @@
 //! The port traits' contract, one suite run against both sets of adapters: the embedded
 //! ones (SQLite and files) and the AWS ones over the AWS wire protocol (moto server). What
 //! the core relies on — conditional writes, all-or-nothing transactions with per-item
-//! reasons, visibility timeouts, receive counts, redrive, range reads, mapping limits —
-//! must hold the same on both.
+//! reasons, visibility timeouts, receive counts, redrive, range reads, mapping limits,
+//! the services' size limits (`ports::limits`: refused with the same error, nothing
+//! written) — must hold the same on both.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use orchestration::local::{FileBlobs, SqliteJobStore, SqliteMappings, SqliteQueues};
 use orchestration::ports::{
-    Attributes, BlobError, Blobs, Condition, DeadLetter, JobStore, Key, MappingConfig,
-    MappingError, Mappings, OutgoingMessage, QueueError, QueueSpec, Queues, StoreError, TxOp,
+    limits, Attributes, BlobError, Blobs, Condition, DeadLetter, JobStore, Key, MappingConfig,
+    MappingError, Mappings, Measure, OutgoingMessage, Oversize, ProvisionedPollers, QueueError,
+    QueueSpec, Queues, ReceivedMessage, StoreError, TxOp,
 };
 use serde_json::{json, Value};
 
@@ -254,14 +256,8 @@ async fn store_contract(p: &Ports) {
         other => panic!("expected a failed check, got {other:?}"),
     }
     // Requests the service would refuse.
-    let too_many: Vec<TxOp> = (0..101)
-        .map(|i| TxOp::Check {
-            key: k(&format!("x#{i}")),
-            condition: Condition::Always,
-        })
-        .collect();
     assert!(matches!(
-        store.transact(too_many).await,
+        store.transact(Vec::new()).await,
         Err(StoreError::Invalid(_))
     ));
     let twice = vec![
@@ -324,6 +320,11 @@ async fn store_contract(p: &Ports) {
         .items
         .is_empty());
 
+    assert!(matches!(
+        store.query(&list, "", None, 0).await,
+        Err(StoreError::Invalid(_))
+    ));
+
     // Concurrent conditional creates of one key: exactly one wins.
     let race = Key::new(format!("{}#race", p.prefix), "job");
     let mut tasks = Vec::new();
@@ -348,7 +349,164 @@ async fn store_contract(p: &Ports) {
     assert_eq!(wins, 1);
 }
 
+/// `{"s": "x" * len}`.
+fn padded(len: usize) -> Attributes {
+    attrs(json!({ "s": "x".repeat(len) }))
+}
+
+fn too_large(what: impl Into<String>, size: usize, limit: usize, measure: Measure) -> Oversize {
+    Oversize {
+        what: what.into(),
+        size: size as u64,
+        limit: limit as u64,
+        measure,
+    }
+}
+
+async fn store_limits_contract(p: &Ports) {
+    let store = p.store.as_ref();
+    let pk = format!("{}#limits", p.prefix);
+    let k = |sk: &str| Key::new(pk.clone(), sk);
+    let exists = |sk: &'static str| {
+        let key = k(sk);
+        async move { store.get(&key).await.unwrap().is_some() }
+    };
+
+    // An item over 400 KB (as DynamoDB counts it, stored as {pk, sk, v, a}): refused, new or
+    // replacing, and the item is as it was.
+    let big = padded(limits::MAX_ITEM_BYTES);
+    let size = limits::item_size(&k("big"), limits::WRITE_VERSION, &big);
+    let expected = too_large(format!("item {pk}/big"), size, 400_000, Measure::Bytes);
+    match store
+        .put(&k("big"), big.clone(), Condition::NotExists)
+        .await
+    {
+        Err(StoreError::TooLarge(o)) => assert_eq!(o, expected),
+        other => panic!("an oversized item was not refused: {other:?}"),
+    }
+    assert!(!exists("big").await, "nothing was written");
+    store
+        .put(&k("big"), padded(10), Condition::NotExists)
+        .await
+        .unwrap();
+    match store
+        .put(&k("big"), big.clone(), Condition::VersionIs(1))
+        .await
+    {
+        Err(StoreError::TooLarge(o)) => assert_eq!(o, expected),
+        other => panic!("an oversized replacement was not refused: {other:?}"),
+    }
+    let kept = store.get(&k("big")).await.unwrap().unwrap();
+    assert_eq!((kept.version, kept.attrs), (1, padded(10)));
+    // Exactly at the limit is fine.
+    let at_limit = padded(limits::MAX_ITEM_BYTES - (size - limits::MAX_ITEM_BYTES));
+    assert_eq!(
+        limits::item_size(&k("big"), limits::WRITE_VERSION, &at_limit),
+        limits::MAX_ITEM_BYTES
+    );
+    store
+        .put(&k("big"), at_limit, Condition::VersionIs(1))
+        .await
+        .unwrap();
+
+    // Transactions over 100 items, over 4 MB, or with an item over 400 KB: refused whole.
+    let put = |sk: String, attrs: Attributes| TxOp::Put {
+        key: k(&sk),
+        attrs,
+        condition: Condition::NotExists,
+    };
+    let many: Vec<TxOp> = (0..101)
+        .map(|i| put(format!("many#{i:03}"), Attributes::new()))
+        .collect();
+    match store.transact(many).await {
+        Err(StoreError::TooLarge(o)) => {
+            assert_eq!(o, too_large("transaction", 101, 100, Measure::Items))
+        }
+        other => panic!("101 items were not refused: {other:?}"),
+    }
+    let heavy: Vec<TxOp> = (0..11)
+        .map(|i| put(format!("heavy#{i:02}"), padded(390_000)))
+        .collect();
+    let bytes: usize = heavy
+        .iter()
+        .map(|op| match op {
+            TxOp::Put { key, attrs, .. } => limits::item_size(key, limits::WRITE_VERSION, attrs),
+            _ => 0,
+        })
+        .sum();
+    match store.transact(heavy).await {
+        Err(StoreError::TooLarge(o)) => {
+            assert_eq!(
+                o,
+                too_large("transaction", bytes, 4_000_000, Measure::Bytes)
+            )
+        }
+        other => panic!("a transaction over 4 MB was not refused: {other:?}"),
+    }
+    let one_big = vec![
+        put("mixed#small".into(), padded(10)),
+        put("mixed#big".into(), big.clone()),
+    ];
+    match store.transact(one_big).await {
+        Err(StoreError::TooLarge(o)) => assert_eq!(o.what, format!("item {pk}/mixed#big")),
+        other => panic!("an oversized item in a transaction was not refused: {other:?}"),
+    }
+    let written = store.query(&pk, "", None, 1000).await.unwrap();
+    let keys: Vec<&str> = written.items.iter().map(|i| i.key.sk.as_str()).collect();
+    assert_eq!(keys, ["big"], "a refused transaction wrote nothing");
+
+    // Query pages hold at most 1 MB of items (three of ~300 KB), whatever the limit; the
+    // item that would pass it starts the next page.
+    let pages_pk = format!("{}#pages", p.prefix);
+    for i in 0..8 {
+        store
+            .put(
+                &Key::new(&pages_pk, format!("i#{i}")),
+                padded(300_000),
+                Condition::NotExists,
+            )
+            .await
+            .unwrap();
+    }
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .query(&pages_pk, "i#", after.as_deref(), 100)
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        seen.extend(page.items.into_iter().map(|i| i.key.sk));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(sizes.len() < 10, "pagination never ends");
+    }
+    assert_eq!(sizes, [3, 3, 2]);
+    assert_eq!(seen, (0..8).map(|i| format!("i#{i}")).collect::<Vec<_>>());
+}
+
 // ---------------------------------------------------------------- Queues
+
+/// Receives until `n` messages came (SQS returns what it has, not all at once).
+async fn receive_all(q: &dyn Queues, url: &str, n: usize) -> Vec<ReceivedMessage> {
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < n {
+        got.extend(
+            q.receive(url, 15, Duration::from_millis(100), None)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "messages missing"
+        );
+    }
+    got
+}
 
 async fn queues_contract(p: &Ports) {
     let q = p.queues.as_ref();
@@ -385,19 +543,7 @@ async fn queues_contract(p: &Ports) {
     q.send(&url, bodies.iter().map(OutgoingMessage::new).collect())
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let start = Instant::now();
-    while got.len() < bodies.len() {
-        got.extend(
-            q.receive(&url, 15, Duration::from_millis(100), None)
-                .await
-                .unwrap(),
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "messages missing"
-        );
-    }
+    let got = receive_all(q, &url, bodies.len()).await;
     let mut received: Vec<String> = got.iter().map(|m| m.body.clone()).collect();
     received.sort();
     let mut expected = bodies.clone();
@@ -544,16 +690,42 @@ async fn queues_contract(p: &Ports) {
         );
     }
 
-    // Oversized messages are refused before anything is sent.
-    let huge = "x".repeat(orchestration::ports::MAX_MESSAGE_BYTES + 1);
-    assert!(matches!(
-        q.send(
-            &url,
-            vec![OutgoingMessage::new("small"), OutgoingMessage::new(huge)]
-        )
-        .await,
-        Err(QueueError::Invalid(_))
-    ));
+    // Oversized messages are refused before anything is sent, whatever the batch split.
+    let huge = "x".repeat(limits::MAX_MESSAGE_BYTES + 1);
+    let mut batch: Vec<OutgoingMessage> = (0..12).map(|_| OutgoingMessage::new("small")).collect();
+    batch.push(OutgoingMessage::new(huge));
+    match q.send(&url, batch).await {
+        Err(QueueError::TooLarge(o)) => assert_eq!(
+            o,
+            too_large(
+                "message body",
+                limits::MAX_MESSAGE_BYTES + 1,
+                256 * 1024,
+                Measure::Bytes
+            )
+        ),
+        other => panic!("an oversized message was not refused: {other:?}"),
+    }
+    // At the limit is fine (a batch of its own).
+    q.send(
+        &url,
+        vec![
+            OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES)),
+            OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES)),
+        ],
+    )
+    .await
+    .unwrap();
+    let full = receive_all(q, &url, 2).await;
+    assert!(full
+        .iter()
+        .all(|m| m.body.len() == limits::MAX_MESSAGE_BYTES));
+    q.delete(
+        &url,
+        full.iter().map(|m| m.receipt_handle.clone()).collect(),
+    )
+    .await
+    .unwrap();
     assert!(q
         .receive(&url, 10, Duration::ZERO, None)
         .await
@@ -650,6 +822,35 @@ async fn blobs_contract(p: &Ports) {
         Err(BlobError::InvalidKey(_))
     ));
     assert!(matches!(b.get("/abs").await, Err(BlobError::InvalidKey(_))));
+    // Keys over 1,024 bytes of UTF-8: refused, nothing written.
+    let long = k(&"é".repeat(1024 / 2));
+    let expected = too_large("object key", long.len(), 1024, Measure::Bytes);
+    for result in [
+        b.put(&long, b"x".to_vec()).await,
+        b.put_if_absent(&long, b"x".to_vec()).await,
+        b.get(&long).await.map(drop),
+        b.delete(&long).await,
+    ] {
+        match result {
+            Err(BlobError::TooLarge(o)) => assert_eq!(o, expected),
+            other => panic!("a key of {} bytes was accepted: {other:?}", long.len()),
+        }
+    }
+    // Exactly 1,024 bytes, in components short enough for any file system.
+    let mut fits = format!("{}/", p.prefix);
+    while fits.len() < 1024 {
+        let slash = fits.len() % 100 == 99 && !fits.ends_with('/');
+        fits.push(if slash { '/' } else { 'k' });
+    }
+    b.put(&fits, b"x".to_vec()).await.unwrap();
+    assert_eq!(b.get(&fits).await.unwrap().as_deref(), Some(&b"x"[..]));
+    b.delete(&fits).await.unwrap();
+    assert!(b
+        .list(&k(""))
+        .await
+        .unwrap()
+        .iter()
+        .all(|key| key.len() <= 1024));
 }
 
 // ---------------------------------------------------------------- Mappings
@@ -658,7 +859,8 @@ fn config(batch_size: u32, window: u32, max_concurrency: u32) -> MappingConfig {
     MappingConfig {
         batch_size,
         batching_window_secs: window,
-        max_concurrency,
+        max_concurrency: Some(max_concurrency),
+        provisioned_pollers: None,
         enabled: true,
     }
 }
@@ -743,6 +945,51 @@ async fn mappings_contract(p: &Ports) {
         m.update_mapping(&created.id, config(10, 0, 0)).await,
         Err(MappingError::Invalid(_))
     ));
+
+    // Provisioned mode instead of MaximumConcurrency, and back; never both.
+    let provisioned = MappingConfig {
+        max_concurrency: None,
+        provisioned_pollers: Some(ProvisionedPollers {
+            minimum: 3,
+            maximum: 30,
+        }),
+        ..config(10, 0, 2)
+    };
+    let updated = m.update_mapping(&created.id, provisioned).await.unwrap();
+    assert_eq!(updated.config, provisioned);
+    assert_eq!(
+        m.list_mappings(Some(&queue)).await.unwrap()[0].config,
+        provisioned
+    );
+    assert_eq!(provisioned.concurrency_cap(), 300);
+    for bad in [
+        MappingConfig {
+            max_concurrency: Some(20),
+            ..provisioned
+        },
+        MappingConfig {
+            provisioned_pollers: Some(ProvisionedPollers {
+                minimum: 1,
+                maximum: 30,
+            }),
+            ..provisioned
+        },
+    ] {
+        assert!(
+            matches!(
+                m.update_mapping(&created.id, bad).await,
+                Err(MappingError::Invalid(_))
+            ),
+            "{bad:?} was accepted"
+        );
+    }
+    m.update_mapping(&created.id, config(10, 0, 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.list_mappings(Some(&queue)).await.unwrap()[0].config,
+        config(10, 0, 20)
+    );
     m.delete_mapping(&created.id).await.unwrap();
     m.delete_mapping(&created.id).await.unwrap();
     assert!(m.list_mappings(Some(&queue)).await.unwrap().is_empty());
@@ -782,6 +1029,46 @@ macro_rules! contract {
 }
 
 contract!(store_contract, store_embedded, store_aws);
+contract!(
+    store_limits_contract,
+    store_limits_embedded,
+    store_limits_aws
+);
 contract!(queues_contract, queues_embedded, queues_aws);
 contract!(blobs_contract, blobs_embedded, blobs_aws);
 contract!(mappings_contract, mappings_embedded, mappings_aws);
+
+/// DynamoDB's own refusal of an item's size is the same error as ours. moto counts a number
+/// by its digits (20 bytes for u64::MAX, where DynamoDB counts 11), so this item passes our
+/// check and is refused by the service: the adapter must still say `TooLarge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_refusal_of_an_item_size_is_too_large() {
+    let p = aws("refusal").await;
+    let numbers: serde_json::Map<String, Value> = (0..20_000)
+        .map(|i| (format!("k{i:05}"), json!(u64::MAX)))
+        .collect();
+    let key = Key::new(format!("{}#refused", p.prefix), "item");
+    assert!(limits::check_item(&key, &numbers).is_ok());
+    let refused = |result: Result<(), StoreError>| match result {
+        Err(StoreError::TooLarge(o)) => {
+            assert!(o.what.contains("by DynamoDB's count"), "{o}");
+            assert_eq!(o.limit, 400_000);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    };
+    refused(
+        p.store
+            .put(&key, numbers.clone(), Condition::Always)
+            .await
+            .map(drop),
+    );
+    refused(
+        p.store
+            .transact(vec![TxOp::Put {
+                key: Key::new(format!("{}#refused", p.prefix), "in-tx"),
+                attrs: numbers,
+                condition: Condition::Always,
+            }])
+            .await,
+    );
+}

@@ -5,6 +5,7 @@ mod aws;
 mod bench;
 mod cli;
 mod contract;
+mod dashboard;
 mod engine;
 mod keyed;
 mod moto;

@@ -1,6 +1,7 @@
 //! `sluice simulate` as a user runs it: the AWS model's must-shows (the ramp and caps, the
-//! budget shared by many jobs, backlog against the paper's static policy), on the built-in
-//! profile so the numbers do not depend on this machine's speed, plus a calibrated run.
+//! budget shared by many jobs, backlog against the paper's static policy, the stores'
+//! limits on both ledger layouts, provisioned pollers), on the built-in profile so the
+//! numbers do not depend on this machine's speed, plus a calibrated run.
 
 use std::path::Path;
 
@@ -24,7 +25,7 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 }
 
 #[test]
-fn a_hundred_million_messages_stay_within_the_ramp_and_the_caps() {
+fn a_hundred_million_messages_stay_within_the_ramp_the_caps_and_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let r = simulate(
         dir.path(),
@@ -64,7 +65,13 @@ fn a_hundred_million_messages_stay_within_the_ramp_and_the_caps() {
         }
         peak = peak.max(c);
     }
-    assert!(peak > 20.0, "the mappings scaled: peak {peak}");
+    assert!(peak > 5.0, "the mappings scaled: peak {peak}");
+    // 10^5 partitions at about 2 write units each: the new on-demand table's 4,000 a
+    // second bind, and the plan stays within them (no commit gives up).
+    assert_eq!(num(&r, &["checks", "failed_invocations"]), 0.0);
+    assert!(num(&r, &["store", "peak_table_write_units_per_s"]) <= 4_000.0);
+    assert!(num(&r, &["store", "peak_pk_write_units_per_s"]) <= 1_000.0);
+    assert!(num(&r, &["job_time_s"]) > 100_000.0 * 2.0 / 4_000.0);
     for plot in [
         "simulate-job-backlog-concurrency",
         "simulate-job-backlog-backlog",
@@ -77,6 +84,87 @@ fn a_hundred_million_messages_stay_within_the_ramp_and_the_caps() {
 }
 
 #[test]
+fn the_stores_bound_the_ledger_before_and_after_keyed_aggregation() {
+    // A per-word job of 10^7 messages (10^4 partitions of 1,000 lines) over 10^6 words.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |ledger: &str| {
+        simulate(
+            dir.path(),
+            &[
+                "--messages",
+                "10000000",
+                "--partition-size",
+                "1000",
+                "--per-word",
+                "--ledger",
+                ledger,
+                "--profile",
+                "built-in",
+            ],
+        )
+    };
+    let before = run("single-key");
+    let after = run("spread");
+    // Before: the aggregate shards outgrow DynamoDB's 400 KB item after a few commits;
+    // every later commit is refused and the partitions end in the DLQ.
+    assert_eq!(before["store"]["layout"], "single-key");
+    assert!(num(&before, &["store", "oversized_writes"]) > 0.0);
+    assert!(num(&before, &["store", "max_item_bytes"]) > 409_600.0);
+    assert!(
+        num(&before["jobs"][0], &["dead_partitions"]) > 9_000.0,
+        "{}",
+        before["jobs"]
+    );
+    // After: nothing near the item limit, no key above its write limit, the partials
+    // shuffled through S3 into R = 4 reduce partitions, every partition counted.
+    assert_eq!(num(&after["jobs"][0], &["dead_partitions"]), 0.0);
+    assert_eq!(num(&after, &["checks", "unfinished_jobs"]), 0.0);
+    assert!(num(&after, &["store", "max_item_bytes"]) < 2_048.0);
+    assert!(num(&after, &["store", "peak_pk_write_units_per_s"]) <= 1_000.0);
+    assert!(num(&after, &["store", "peak_item_write_units_per_s"]) <= 1_000.0);
+    assert!(num(&after, &["store", "peak_table_write_units_per_s"]) <= 4_000.0);
+    assert!(num(&after, &["store", "peak_prefix_puts_per_s"]) <= 3_500.0);
+    assert_eq!(num(&after, &["store", "shuffle_partitions"]), 4.0);
+    assert!(num(&after, &["store", "s3_puts"]) >= 10_000.0);
+    assert!(num(&after, &["estimate", "s3_usd"]) > 0.0);
+}
+
+#[test]
+fn provisioned_pollers_skip_the_ramp_at_a_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = simulate(
+        dir.path(),
+        &[
+            "--messages",
+            "50000000",
+            "--policy",
+            "backlog:table-wcu=30000,backlog:pollers=auto,table-wcu=30000",
+            "--table-wcu",
+            "30000",
+            "--profile",
+            "built-in",
+        ],
+    );
+    let runs = r.as_array().expect("one report per policy");
+    let (standard, provisioned) = (&runs[0], &runs[1]);
+    assert_eq!(
+        provisioned["policy"],
+        "backlog:pollers=auto,table-wcu=30000"
+    );
+    assert_eq!(num(standard, &["estimate", "pollers_usd"]), 0.0);
+    assert_eq!(num(standard, &["checks", "provisioned_mappings"]), 0.0);
+    assert!(num(provisioned, &["checks", "provisioned_mappings"]) > 0.0);
+    assert!(num(provisioned, &["checks", "epu_hours"]) > 0.0);
+    assert!(num(provisioned, &["estimate", "pollers_usd"]) > 0.0);
+    assert!(num(provisioned, &["job_time_s"]) < num(standard, &["job_time_s"]));
+    for run in runs {
+        assert_eq!(num(run, &["checks", "unfinished_jobs"]), 0.0);
+        assert_eq!(num(run, &["checks", "ramp_violations"]), 0.0);
+        assert!(num(run, &["checks", "max_reserved_total"]) <= 900.0);
+    }
+}
+
+#[test]
 fn a_thousand_jobs_share_the_budget_and_none_starves() {
     let dir = tempfile::tempdir().unwrap();
     let r = simulate(
@@ -84,8 +172,12 @@ fn a_thousand_jobs_share_the_budget_and_none_starves() {
         &[
             "--scenario",
             "thousand",
+            // A table with warm throughput for all of them: the budget, not the store,
+            // is what they share here.
+            "--table-wcu",
+            "1000000",
             "--policy",
-            "static-proportional:150,backlog",
+            "static-proportional:150,backlog:table-wcu=1000000",
             "--profile",
             "built-in",
         ],
@@ -174,6 +266,14 @@ fn bad_simulate_input_is_refused_clearly() {
         (
             vec!["simulate", "--profile", "/nonexistent/profile.json"],
             "profile.json",
+        ),
+        (vec!["simulate", "--ledger", "sideways"], "ledger"),
+        (vec!["simulate", "--vocabulary", "0"], "--vocabulary"),
+        (vec!["simulate", "--table-wcu", "0"], "--table-wcu"),
+        (vec!["simulate", "--s3-prefixes", "0"], "--s3-prefixes"),
+        (
+            vec!["simulate", "--policy", "backlog:pollers=sometimes"],
+            "unknown policy",
         ),
     ] {
         let out = sluice(dir.path(), &args);

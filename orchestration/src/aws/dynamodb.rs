@@ -6,6 +6,10 @@
 //! `UpdateItem` (or a transaction `Update`) of the form `SET v = if_not_exists(v, 0) + 1,
 //! a = :a`: the version is bumped atomically, with no read before the write, and the item's
 //! previous attributes are replaced whole, as a put replaces them.
+//!
+//! DynamoDB's limits are checked here before a request is sent ([`limits`], counting the
+//! item as stored), so they fail exactly as on the embedded store; DynamoDB's own
+//! refusal of an item's size is reported the same way.
 
 use std::collections::HashMap;
 
@@ -19,7 +23,7 @@ use aws_sdk_dynamodb::Client;
 use serde_json::{Map, Number, Value};
 
 use crate::ports::{
-    Attributes, Condition, Item, JobStore, Key, Page, StoreError, TxOp, MAX_TRANSACTION_ITEMS,
+    limits, Attributes, Condition, Item, JobStore, Key, Measure, Oversize, Page, StoreError, TxOp,
 };
 
 const PK: &str = "pk";
@@ -156,6 +160,30 @@ where
     }
 }
 
+/// DynamoDB's words when an item would exceed its size limit: `PutItem`'s and
+/// `UpdateItem`'s (a transaction's `Update` says the latter).
+const ITEM_TOO_LARGE: [&str; 2] = [
+    "Item size has exceeded the maximum allowed size",
+    "Item size to update has exceeded the maximum allowed size",
+];
+
+/// Whether DynamoDB refused a write because an item would exceed 400 KB by its own count.
+fn item_too_large(code: Option<&str>, message: Option<&str>) -> bool {
+    matches!(code, Some("ValidationException" | "ValidationError"))
+        && message.is_some_and(|m| ITEM_TOO_LARGE.iter().any(|words| m.contains(words)))
+}
+
+/// What to report when DynamoDB refuses an item we measured within the limit: the item,
+/// our count of it, and the limit.
+fn refused_item(key: &Key, attrs: &Attributes) -> StoreError {
+    StoreError::TooLarge(Oversize {
+        what: format!("item {}/{} (by DynamoDB's count)", key.pk, key.sk),
+        size: limits::item_size(key, limits::WRITE_VERSION, attrs) as u64,
+        limit: limits::MAX_ITEM_BYTES as u64,
+        measure: Measure::Bytes,
+    })
+}
+
 fn item_from(map: &HashMap<String, AttributeValue>) -> Result<Item, StoreError> {
     let text = |name: &str| match map.get(name) {
         Some(AttributeValue::S(s)) => Ok(s.clone()),
@@ -252,6 +280,7 @@ impl DynamoDbJobStore {
 #[async_trait]
 impl JobStore for DynamoDbJobStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        limits::check_key(key).map_err(StoreError::TooLarge)?;
         let out = self
             .client
             .get_item()
@@ -270,6 +299,7 @@ impl JobStore for DynamoDbJobStore {
         attrs: Attributes,
         condition: Condition,
     ) -> Result<u64, StoreError> {
+        limits::check_item(key, &attrs).map_err(StoreError::TooLarge)?;
         let e = write_expr(&attrs, condition);
         let result = self
             .client
@@ -293,11 +323,13 @@ impl JobStore for DynamoDbJobStore {
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 Err(StoreError::ConditionFailed(key.clone()))
             }
+            Err(e) if item_too_large(e.code(), e.message()) => Err(refused_item(key, &attrs)),
             Err(e) => Err(backend("UpdateItem", e)),
         }
     }
 
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
+        limits::check_key(key).map_err(StoreError::TooLarge)?;
         let e = condition_expr(condition);
         match self
             .client
@@ -320,14 +352,10 @@ impl JobStore for DynamoDbJobStore {
 
     async fn transact(&self, ops: Vec<TxOp>) -> Result<(), StoreError> {
         if ops.is_empty() {
-            return Ok(());
+            // DynamoDB requires at least one item.
+            return Err(StoreError::Invalid("empty transaction".into()));
         }
-        if ops.len() > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::Invalid(format!(
-                "{} items in one transaction; at most {MAX_TRANSACTION_ITEMS}",
-                ops.len()
-            )));
-        }
+        limits::check_transaction(&ops).map_err(StoreError::TooLarge)?;
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = ops.iter().map(TxOp::key).find(|k| !seen.insert(*k)) {
             return Err(StoreError::Invalid(format!(
@@ -350,6 +378,12 @@ impl JobStore for DynamoDbJobStore {
             Err(e) => match e.into_service_error() {
                 TransactWriteItemsError::TransactionCanceledException(c) => {
                     let reasons = c.cancellation_reasons();
+                    let refused = reasons
+                        .iter()
+                        .position(|r| item_too_large(r.code(), r.message()));
+                    if let Some(TxOp::Put { key, attrs, .. }) = refused.and_then(|i| ops.get(i)) {
+                        return Err(refused_item(key, attrs));
+                    }
                     // A conflict with a concurrent transaction (`TransactionConflict`) fails
                     // no condition: the caller re-reads and tries again, as after a race.
                     let failed = (0..ops.len())
@@ -361,6 +395,25 @@ impl JobStore for DynamoDbJobStore {
                         })
                         .collect();
                     Err(StoreError::TransactionCanceled { failed })
+                }
+                other if item_too_large(other.code(), other.message()) => {
+                    // Which item DynamoDB does not say: name the largest by our count.
+                    let largest = ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            TxOp::Put { key, attrs, .. } => Some((key, attrs)),
+                            _ => None,
+                        })
+                        .max_by_key(|(key, attrs)| {
+                            limits::item_size(key, limits::WRITE_VERSION, attrs)
+                        });
+                    Err(match largest {
+                        Some((key, attrs)) => refused_item(key, attrs),
+                        None => StoreError::Backend(format!(
+                            "TransactWriteItems: {}",
+                            DisplayErrorContext(&other)
+                        )),
+                    })
                 }
                 other => {
                     let code = other.code().map(str::to_owned);
@@ -383,52 +436,44 @@ impl JobStore for DynamoDbJobStore {
         limit: usize,
     ) -> Result<Page, StoreError> {
         if limit == 0 {
-            return Ok(Page::default());
+            // DynamoDB's Limit must be at least 1.
+            return Err(StoreError::Invalid("query limit must be at least 1".into()));
         }
-        let mut items = Vec::new();
-        let mut start = start_after.map(str::to_owned);
-        // DynamoDB pages by 1 MB as well as by `Limit`: keep reading until `limit` items or
-        // the end, and ask for one more to know whether there is a next page.
-        loop {
-            let want = limit + 1 - items.len();
-            let mut request = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .limit(want.min(i32::MAX as usize) as i32)
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()));
-            request = if sk_prefix.is_empty() {
-                request.key_condition_expression("#pk = :pk")
-            } else {
-                request
-                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                    .expression_attribute_names("#sk", SK)
-                    .expression_attribute_values(":prefix", AttributeValue::S(sk_prefix.into()))
-            };
-            if let Some(after) = &start {
-                request = request.set_exclusive_start_key(Some(key_attrs(&Key::new(pk, after))));
-            }
-            let out = request.send().await.map_err(|e| backend("Query", e))?;
-            for raw in out.items() {
-                items.push(item_from(raw)?);
-            }
-            let last = out
-                .last_evaluated_key()
-                .and_then(|k| k.get(SK))
-                .and_then(|v| v.as_s().ok())
-                .cloned();
-            match last {
-                Some(sk) if items.len() <= limit => start = Some(sk),
-                _ => break,
-            }
+        // One request, so a page is what DynamoDB returns: at most 1 MB of items, as on the
+        // embedded store. One item more than asked tells whether there is a next page.
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .limit(limit.saturating_add(1).min(i32::MAX as usize) as i32)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()));
+        request = if sk_prefix.is_empty() {
+            request.key_condition_expression("#pk = :pk")
+        } else {
+            request
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":prefix", AttributeValue::S(sk_prefix.into()))
+        };
+        if let Some(after) = start_after {
+            request = request.set_exclusive_start_key(Some(key_attrs(&Key::new(pk, after))));
         }
+        let out = request.send().await.map_err(|e| backend("Query", e))?;
+        let mut items = out
+            .items()
+            .iter()
+            .map(item_from)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|i| i.key.sk.clone())
         } else {
-            None
+            out.last_evaluated_key()
+                .and_then(|k| k.get(SK))
+                .and_then(|v| v.as_s().ok())
+                .cloned()
         };
         Ok(Page { items, next })
     }
@@ -447,6 +492,59 @@ mod tests {
             "s": "", "l": [1, "x", [], {}], "m": {"nested": {"deep": [false]}}
         });
         assert_eq!(from_attr(&to_attr(&value)).unwrap(), value);
+    }
+
+    /// DynamoDB's rules ("Item sizes and formats") applied to the attribute values the
+    /// adapter actually sends, independently of `limits`.
+    fn stored_size(value: &AttributeValue) -> usize {
+        match value {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => limits::number_size(n),
+            AttributeValue::Null(_) | AttributeValue::Bool(_) => 1,
+            AttributeValue::L(items) => 3 + items.iter().map(|v| 1 + stored_size(v)).sum::<usize>(),
+            AttributeValue::M(map) => {
+                3 + map
+                    .iter()
+                    .map(|(k, v)| 1 + k.len() + stored_size(v))
+                    .sum::<usize>()
+            }
+            other => panic!("not written by the adapter: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_count_the_item_as_this_adapter_stores_it() {
+        let key = Key::new("run#ab#1", "p#00000000000000000042");
+        let attrs = json!({
+            "state": {"per_word": {"fox": 3, "über": 12_345}, "total": 1.5},
+            "dead": [null, true, -7], "id": "é"
+        });
+        let attrs = attrs.as_object().unwrap();
+        for version in [1, 42, u64::MAX] {
+            let mut item = key_attrs(&key);
+            item.insert(VERSION.into(), AttributeValue::N(version.to_string()));
+            item.insert(ATTRS.into(), AttributeValue::M(to_attrs(attrs)));
+            let stored: usize = item.iter().map(|(k, v)| k.len() + stored_size(v)).sum();
+            assert_eq!(limits::item_size(&key, version, attrs), stored);
+        }
+    }
+
+    #[test]
+    fn dynamodb_item_size_refusals_are_recognised() {
+        let put = "One or more parameter values were invalid: Item size has exceeded the maximum allowed size";
+        let update = "Item size to update has exceeded the maximum allowed size";
+        assert!(item_too_large(Some("ValidationException"), Some(put)));
+        assert!(item_too_large(Some("ValidationException"), Some(update)));
+        assert!(item_too_large(Some("ValidationError"), Some(update)));
+        assert!(!item_too_large(
+            Some("ValidationException"),
+            Some("Invalid UpdateExpression")
+        ));
+        assert!(!item_too_large(
+            Some("ConditionalCheckFailed"),
+            Some(update)
+        ));
+        assert!(!item_too_large(None, None));
     }
 
     #[test]

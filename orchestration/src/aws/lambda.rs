@@ -15,13 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_lambda::types::{FunctionResponseType, ScalingConfig};
+use aws_sdk_lambda::types::{FunctionResponseType, ProvisionedPollerConfig, ScalingConfig};
 use aws_sdk_lambda::Client;
 use tracing::debug;
 
 use super::config::{function_name, logical_function};
 use super::sqs::SqsQueues;
-use crate::ports::{Mapping, MappingConfig, MappingError, Mappings, QueueError};
+use crate::ports::{
+    Mapping, MappingConfig, MappingError, Mappings, ProvisionedPollers, QueueError,
+};
 
 /// Who runs the mappings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ struct Raw {
     batch_size: Option<i32>,
     window: Option<i32>,
     max_concurrency: Option<i32>,
+    /// `ProvisionedPollerConfig`'s (MinimumPollers, MaximumPollers).
+    pollers: Option<(Option<i32>, Option<i32>)>,
     state: Option<String>,
 }
 
@@ -70,6 +74,9 @@ macro_rules! raw_from {
                     batch_size: m.batch_size(),
                     window: m.maximum_batching_window_in_seconds(),
                     max_concurrency: m.scaling_config().and_then(|s| s.maximum_concurrency()),
+                    pollers: m
+                        .provisioned_poller_config()
+                        .map(|p| (p.minimum_pollers(), p.maximum_pollers())),
                     state: m.state().map(str::to_owned),
                 }
             }
@@ -101,6 +108,19 @@ fn queue_error(e: QueueError) -> MappingError {
         QueueError::NoSuchQueue(q) => MappingError::Invalid(format!("no such queue: {q}")),
         other => MappingError::Backend(other.to_string()),
     }
+}
+
+fn scaling_config(max_concurrency: u32) -> ScalingConfig {
+    ScalingConfig::builder()
+        .maximum_concurrency(max_concurrency as i32)
+        .build()
+}
+
+fn poller_config(p: ProvisionedPollers) -> ProvisionedPollerConfig {
+    ProvisionedPollerConfig::builder()
+        .minimum_pollers(p.minimum as i32)
+        .maximum_pollers(p.maximum as i32)
+        .build()
 }
 
 fn is_not_found(code: Option<&str>) -> bool {
@@ -194,7 +214,15 @@ impl LambdaMappings {
             config: MappingConfig {
                 batch_size: raw.batch_size.unwrap_or(10).max(0) as u32,
                 batching_window_secs: raw.window.unwrap_or(0).max(0) as u32,
-                max_concurrency: raw.max_concurrency.unwrap_or(0).max(0) as u32,
+                max_concurrency: raw.max_concurrency.map(|n| n.max(0) as u32),
+                provisioned_pollers: raw.pollers.and_then(|p| match p {
+                    // An empty structure is provisioned mode switched off.
+                    (Some(minimum), Some(maximum)) => Some(ProvisionedPollers {
+                        minimum: minimum.max(0) as u32,
+                        maximum: maximum.max(0) as u32,
+                    }),
+                    _ => None,
+                }),
                 enabled,
             },
             tags,
@@ -232,11 +260,8 @@ impl Mappings for LambdaMappings {
             .function_name(self.physical(function))
             .batch_size(config.batch_size as i32)
             .maximum_batching_window_in_seconds(config.batching_window_secs as i32)
-            .scaling_config(
-                ScalingConfig::builder()
-                    .maximum_concurrency(config.max_concurrency as i32)
-                    .build(),
-            )
+            .set_scaling_config(config.max_concurrency.map(scaling_config))
+            .set_provisioned_poller_config(config.provisioned_pollers.map(poller_config))
             .function_response_types(FunctionResponseType::ReportBatchItemFailures)
             .enabled(self.service_enabled(&config))
             .set_tags(Some(tags.clone().into_iter().collect()))
@@ -264,10 +289,18 @@ impl Mappings for LambdaMappings {
             .uuid(id)
             .batch_size(config.batch_size as i32)
             .maximum_batching_window_in_seconds(config.batching_window_secs as i32)
+            // Both, always: the one not in use goes as an empty structure, which clears it,
+            // so a mapping switches between MaximumConcurrency and provisioned mode in one
+            // call (AWS refuses the two together).
             .scaling_config(
-                ScalingConfig::builder()
-                    .maximum_concurrency(config.max_concurrency as i32)
-                    .build(),
+                config
+                    .max_concurrency
+                    .map_or_else(|| ScalingConfig::builder().build(), scaling_config),
+            )
+            .provisioned_poller_config(
+                config
+                    .provisioned_pollers
+                    .map_or_else(|| ProvisionedPollerConfig::builder().build(), poller_config),
             )
             .enabled(self.service_enabled(&config))
             .send()

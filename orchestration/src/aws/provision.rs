@@ -45,7 +45,8 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 pub const CONTROL_MAPPING: MappingConfig = MappingConfig {
     batch_size: 10,
     batching_window_secs: 0,
-    max_concurrency: 10,
+    max_concurrency: Some(10),
+    provisioned_pollers: None,
     enabled: true,
 };
 

@@ -6,10 +6,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 
-use crate::ports::{BlobError, BlobSize, Blobs};
+use crate::ports::{limits, BlobError, BlobSize, Blobs, Measure, Oversize};
 
-/// S3 keys are 1 to 1,024 bytes of UTF-8.
-const MAX_KEY_BYTES: usize = 1024;
 /// `DeleteObjects` takes at most 1,000 keys.
 const MAX_DELETE: usize = 1000;
 
@@ -18,11 +16,35 @@ pub struct S3Blobs {
     bucket: String,
 }
 
+/// Keys are checked as the embedded blobs check them, in the same order: empty, too long
+/// ([`limits`]), then characters S3 or the SDK cannot carry.
 fn check_key(key: &str) -> Result<(), BlobError> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains('\0') || key.starts_with('/') {
+    if key.is_empty() {
+        return Err(BlobError::InvalidKey(key.to_owned()));
+    }
+    limits::check_object_key(key).map_err(BlobError::TooLarge)?;
+    if key.contains('\0') || key.starts_with('/') {
         return Err(BlobError::InvalidKey(key.to_owned()));
     }
     Ok(())
+}
+
+/// A key and an object a `PutObject` can take.
+fn check_put(key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+    check_key(key)?;
+    limits::check_object(bytes.len() as u64).map_err(BlobError::TooLarge)
+}
+
+/// S3's own refusal of an object's size (`EntityTooLarge`), reported as ours would be.
+fn too_large<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>, bytes: usize) -> Option<BlobError> {
+    (e.code() == Some("EntityTooLarge")).then(|| {
+        BlobError::TooLarge(Oversize {
+            what: "object (by S3's count)".into(),
+            size: bytes as u64,
+            limit: limits::MAX_OBJECT_BYTES,
+            measure: Measure::Bytes,
+        })
+    })
 }
 
 fn backend<E, R>(what: &str, key: &str, e: SdkError<E, R>) -> BlobError
@@ -146,7 +168,8 @@ impl S3Blobs {
 #[async_trait]
 impl Blobs for S3Blobs {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        check_key(key)?;
+        check_put(key, &bytes)?;
+        let len = bytes.len();
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -154,12 +177,13 @@ impl Blobs for S3Blobs {
             .body(ByteStream::from(bytes))
             .send()
             .await
-            .map_err(|e| backend("PutObject", key, e))?;
+            .map_err(|e| too_large(&e, len).unwrap_or_else(|| backend("PutObject", key, e)))?;
         Ok(())
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        check_key(key)?;
+        check_put(key, &bytes)?;
+        let len = bytes.len();
         match self
             .client
             .put_object()
@@ -178,7 +202,7 @@ impl Blobs for S3Blobs {
             {
                 Err(BlobError::AlreadyExists(key.to_owned()))
             }
-            Err(e) => Err(backend("PutObject", key, e)),
+            Err(e) => Err(too_large(&e, len).unwrap_or_else(|| backend("PutObject", key, e))),
         }
     }
 

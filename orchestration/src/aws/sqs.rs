@@ -13,15 +13,13 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use tracing::debug;
 
+use crate::ports::limits::{self, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use crate::ports::{
-    OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, MAX_MESSAGE_BYTES,
+    Measure, OutgoingMessage, Oversize, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage,
 };
 
-/// SQS limits (AWS-FACTS.md): 10 entries per batch call, a 256 KiB batch payload (what
-/// every region and emulator accepts), long polls of at most 20 s, delays of at most 900 s,
-/// visibility timeouts of at most 12 h.
-const MAX_BATCH: usize = 10;
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// SQS limits (AWS-FACTS.md): long polls of at most 20 s, delays of at most 900 s,
+/// visibility timeouts of at most 12 h. Sizes and batch entries: [`limits`].
 const MAX_WAIT_SECS: u64 = 20;
 const MAX_DELAY_SECS: u64 = 900;
 const MAX_VISIBILITY_SECS: u64 = 43_200;
@@ -54,7 +52,6 @@ where
             | "InvalidAttributeName"
             | "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"
             | "BatchEntryIdsNotDistinct"
-            | "MessageTooLong"
             | "InvalidMessageContents"
             | "QueueAlreadyExists"
             | "QueueNameExists",
@@ -146,7 +143,7 @@ fn send_batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
     let mut bytes = 0;
     for (i, m) in messages.iter().enumerate() {
         let size = m.body.len();
-        if i > start && (i - start == MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
+        if i > start && (i - start == MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES) {
             batches.push(&messages[start..i]);
             start = i;
             bytes = 0;
@@ -230,11 +227,9 @@ impl Queues for SqsQueues {
     }
 
     async fn send(&self, url: &str, messages: Vec<OutgoingMessage>) -> Result<(), QueueError> {
-        if let Some(m) = messages.iter().find(|m| m.body.len() > MAX_MESSAGE_BYTES) {
-            return Err(QueueError::Invalid(format!(
-                "message of {} bytes exceeds {MAX_MESSAGE_BYTES}",
-                m.body.len()
-            )));
+        // Every message is checked before the first batch goes, so a refused call sends none.
+        for m in &messages {
+            limits::check_message(&m.body).map_err(QueueError::TooLarge)?;
         }
         for batch in send_batches(&messages) {
             let mut entries = Vec::with_capacity(batch.len());
@@ -262,7 +257,20 @@ impl Queues for SqsQueues {
                     .set_entries(Some(entries.clone()))
                     .send()
                     .await
-                    .map_err(|e| sdk_error("SendMessageBatch", url, e))?;
+                    .map_err(|e| match e.code() {
+                        // SQS's own size limit, should a queue's be lower than ours.
+                        Some(
+                            "AWS.SimpleQueueService.BatchRequestTooLong"
+                            | "BatchRequestTooLong"
+                            | "MessageTooLong",
+                        ) => QueueError::TooLarge(Oversize {
+                            what: "message batch (by SQS's count)".into(),
+                            size: batch.iter().map(|m| m.body.len() as u64).sum(),
+                            limit: MAX_BATCH_BYTES as u64,
+                            measure: Measure::Bytes,
+                        }),
+                        _ => sdk_error("SendMessageBatch", url, e),
+                    })?;
                 let failed = out.failed();
                 if failed.is_empty() {
                     break;
@@ -293,7 +301,7 @@ impl Queues for SqsQueues {
         // The first call long-polls; the rest only top the batch up.
         let mut wait_secs = secs(wait, MAX_WAIT_SECS);
         while received.len() < max {
-            let want = (max - received.len()).min(MAX_BATCH) as i32;
+            let want = (max - received.len()).min(MAX_BATCH_ENTRIES) as i32;
             let out = self
                 .client
                 .receive_message()
@@ -331,7 +339,7 @@ impl Queues for SqsQueues {
     }
 
     async fn delete(&self, url: &str, receipt_handles: Vec<String>) -> Result<(), QueueError> {
-        for chunk in receipt_handles.chunks(MAX_BATCH) {
+        for chunk in receipt_handles.chunks(MAX_BATCH_ENTRIES) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, receipt) in chunk.iter().enumerate() {
                 entries.push(
@@ -374,7 +382,7 @@ impl Queues for SqsQueues {
         receipt_handles: &[String],
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        for chunk in receipt_handles.chunks(MAX_BATCH) {
+        for chunk in receipt_handles.chunks(MAX_BATCH_ENTRIES) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, receipt) in chunk.iter().enumerate() {
                 entries.push(

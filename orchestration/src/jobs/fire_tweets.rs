@@ -121,6 +121,29 @@ impl JobType for FireTweets {
         read(params).map(|(_, normalized)| normalized)
     }
 
+    fn params_schema(&self) -> Value {
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Count, per city, the tweets from a country in a range of days that mention a fire (reads tweets/YYYY-MM-DD/ for each day; `sluice gen tweets` writes them).",
+            "required": ["country", "from", "to"],
+            "properties": {
+                "country": {"type": "string", "minLength": 2, "maxLength": 2, "pattern": "^[A-Z]{2}$",
+                    "description": "ISO 3166-1 alpha-2 country code: GB, IE, US...", "examples": ["GB"]},
+                "from": {"type": "string", "format": "date", "description": "First day, YYYY-MM-DD",
+                    "examples": ["2018-11-01"]},
+                "to": {"type": "string", "format": "date",
+                    "description": format!("Last day, YYYY-MM-DD (inclusive; at most {MAX_DAYS} days in all)"),
+                    "examples": ["2018-11-03"]},
+                "keywords": {"type": "array", "maxItems": MAX_KEYWORDS, "default": DEFAULT_KEYWORDS,
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_KEYWORD_CHARS},
+                    "description": "Keywords or phrases, #tag for a hashtag"},
+                "partition_bytes": {"type": "integer", "minimum": MIN_RANGE_BYTES, "maximum": MAX_RANGE_BYTES,
+                    "default": DEFAULT_RANGE_BYTES, "description": "Input bytes per partition"},
+            },
+        })
+    }
+
     /// A range of days is the merge of one job per day: each day's result is cached under
     /// its own id, so an overlapping range computes only the days it does not share.
     fn parts(&self, params: &Value) -> Result<Option<Vec<JobRequest>>, ValidationError> {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::components::blob_lines::{DEFAULT_RANGE_BYTES, MAX_RANGE_BYTES, MIN_RANGE_BYTES};
 use crate::components::{BlobLines, Filter, Sum, SyntheticText, WordCount};
@@ -121,6 +121,33 @@ impl JobType for Wordcount {
         read(params).map(|(_, normalized)| normalized)
     }
 
+    fn params_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Count the words of N synthetic messages \"{text} {i}\" (the paper's experiment), or of the lines of the objects under a blob-store prefix (input).",
+            "oneOf": [{"required": ["messages"]}, {"required": ["input"]}],
+            "properties": {
+                "messages": {"type": "integer", "minimum": 1, "maximum": MAX_MESSAGES,
+                    "description": "Number of synthetic messages (this or input)", "examples": [2000]},
+                "text": {"type": "string", "maxLength": 1000, "default": DEFAULT_TEXT,
+                    "description": "Message text; message i is \"{text} {i}\""},
+                "partition_size": {"type": "integer", "minimum": 1, "maximum": 100_000,
+                    "default": DEFAULT_PARTITION_SIZE, "description": "Messages per queue message"},
+                "input": {"type": "string", "maxLength": 1024,
+                    "description": "Count the lines of the objects under this blob-store prefix instead (not with messages, text or partition_size)",
+                    "examples": ["text/"]},
+                "range_bytes": {"type": "integer", "minimum": MIN_RANGE_BYTES, "maximum": MAX_RANGE_BYTES,
+                    "default": DEFAULT_RANGE_BYTES, "description": "With input: bytes per partition"},
+                "per_word": {"type": "boolean", "default": false, "description": "Also count each word (a keyed result of any size)"},
+                "reduce_partitions": {"type": "integer", "minimum": 1, "maximum": keyed::MAX_PARTITIONS,
+                    "description": "With per_word: the shuffle's reduce partitions (default: sized from the input)"},
+                "contains": {"type": "string", "maxLength": 100,
+                    "description": "Keep only messages containing this text"},
+            },
+        })
+    }
+
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError> {
         let (p, _) = read(params)?;
         let stage = |function: Function, component, step| Stage {
@@ -201,7 +228,6 @@ pub fn per_word_spec(expected_keys: keyed::ExpectedKeys) -> keyed::Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn check(params: Value, field: &str) {
         let err = Wordcount.normalize(&params).unwrap_err();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::ports::{BlobError, BlobSize, Blobs};
+use crate::ports::{limits, BlobError, BlobSize, Blobs};
 
 /// Files being written are named `.tmp-…` next to their destination; listings skip them and
 /// keys may not use the prefix, so a temp file is never mistaken for an object.
@@ -54,6 +54,7 @@ fn validate_key(key: &str) -> Result<(), BlobError> {
     if key.is_empty() {
         return Err(BlobError::InvalidKey(key.to_string()));
     }
+    limits::check_object_key(key).map_err(BlobError::TooLarge)?;
     check_chars(key)?;
     check_components(key, key.split('/'))
 }
@@ -261,11 +262,13 @@ impl FileBlobs {
 impl Blobs for FileBlobs {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         let path = self.path(key)?;
+        limits::check_object(bytes.len() as u64).map_err(BlobError::TooLarge)?;
         Self::blocking(move || put_blocking(&path, &bytes)).await
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         let path = self.path(key)?;
+        limits::check_object(bytes.len() as u64).map_err(BlobError::TooLarge)?;
         let result = tokio::task::spawn_blocking(move || put_if_absent_blocking(&path, &bytes))
             .await
             .map_err(backend)?;

@@ -1,6 +1,12 @@
 //! The embedded engine: every port on SQLite and files under one state directory, the
 //! static resources a deployment would have (control queue, its DLQ and its mapping to the
 //! daemon), and the local ESM runtime that invokes the same handlers Lambda would.
+//!
+//! When the runtime stops, the engine empties its databases' WALs into them
+//! ([`super::truncate_wal`]) once they pass [`super::RECLAIM_BYTES`]: the next command to
+//! open the state directory (a cached answer, `status`) then has little log to recover,
+//! and the directory holds what is kept, not the logs of the jobs that ran. Queue shards
+//! give their pages back as queues are deleted (`queues` module docs).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,8 @@ pub enum EngineError {
     Mapping(#[from] MappingError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("{0}: {1}")]
+    Sqlite(PathBuf, rusqlite::Error),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,6 +67,8 @@ pub struct Engine {
     changes: Option<tokio::sync::watch::Receiver<u64>>,
     runtime: RuntimeConfig,
     state_dir: PathBuf,
+    /// The embedded queues, when the engine owns them (not over AWS).
+    queues: Option<Arc<SqliteQueues>>,
 }
 
 pub const CONTROL_QUEUE: &str = "control";
@@ -114,7 +124,8 @@ impl Engine {
         let control_mapping = MappingConfig {
             batch_size: 10,
             batching_window_secs: 0,
-            max_concurrency: 10,
+            max_concurrency: Some(10),
+            provisioned_pollers: None,
             enabled: true,
         };
         let existing = mappings
@@ -134,7 +145,7 @@ impl Engine {
         let changes = Some(mappings.subscribe());
         let services = Services {
             store,
-            queues,
+            queues: queues.clone(),
             blobs,
             mappings,
             telemetry: Arc::new(log.clone()),
@@ -152,6 +163,7 @@ impl Engine {
             changes,
             runtime: options.runtime,
             state_dir: state_dir.to_owned(),
+            queues: Some(queues),
         })
     }
 
@@ -175,6 +187,7 @@ impl Engine {
             changes: None,
             runtime,
             state_dir: state_dir.to_owned(),
+            queues: None,
         })
     }
 
@@ -230,5 +243,100 @@ impl Engine {
             () = runtime.run(shutdown) => {}
             () = sweeping => {}
         }
+        if let Err(e) = self.reclaim().await {
+            tracing::warn!(error = %e, "emptying the state directory's WAL files failed");
+        }
+    }
+
+    /// Empties the WAL of every database under the state directory into it, and gives
+    /// back what the queue shards can (module docs).
+    pub async fn reclaim(&self) -> Result<(), EngineError> {
+        self.log.flush().await;
+        if let Some(queues) = &self.queues {
+            queues.reclaim().await?;
+        }
+        for file in [STORE_FILE, MAPPINGS_FILE, INVOCATIONS_FILE] {
+            let path = self.state_dir.join(file);
+            // A small WAL is recovered in no time; emptying it would cost fsyncs on every
+            // short run. (Over AWS only the invocation log is here.)
+            if super::wal_bytes(&path) < super::RECLAIM_BYTES {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let truncated = super::open_sqlite(&path)
+                .and_then(|conn| super::truncate_wal(&conn))
+                .map_err(|e| EngineError::Sqlite(path.clone(), e))?;
+            tracing::debug!(
+                file,
+                truncated,
+                ms = started.elapsed().as_millis() as u64,
+                "WAL emptied (false: another process is reading)"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ports::{Condition, Key};
+
+    fn wal_bytes(dir: &Path) -> Vec<(String, u64)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-wal"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_engine_leaves_no_log_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default())
+            .await
+            .unwrap();
+        let item = json!({"s": "x".repeat(200_000)});
+        for i in 0..30 {
+            engine
+                .services
+                .store
+                .put(
+                    &Key::new("p", format!("{i}")),
+                    item.as_object().unwrap().clone(),
+                    Condition::Always,
+                )
+                .await
+                .unwrap();
+        }
+        let store_wal = wal_bytes(dir.path())
+            .into_iter()
+            .find(|(name, _)| name == "store.db-wal")
+            .unwrap();
+        assert!(store_wal.1 > 6_000_000, "{store_wal:?}");
+
+        engine.run(async {}).await;
+        let wals = wal_bytes(dir.path());
+        assert!(wals.len() >= 4, "{wals:?}");
+        // The large one is emptied; the small ones are not worth the fsyncs.
+        assert!(wals.contains(&("store.db-wal".into(), 0)), "{wals:?}");
+        assert!(
+            wals.iter()
+                .all(|(_, len)| *len < crate::local::RECLAIM_BYTES),
+            "{wals:?}"
+        );
+        // The data is in the database itself.
+        let store = SqliteJobStore::open(&dir.path().join(STORE_FILE)).unwrap();
+        let item = crate::ports::JobStore::get(&store, &Key::new("p", "29"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.attrs["s"].as_str().unwrap().len(), 200_000);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::open_sqlite;
-use crate::ports::{StageStats, Telemetry, TelemetryError};
+use crate::ports::{InvocationSpan, StageStats, Telemetry, TelemetryError};
 
 /// How an invocation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -268,5 +268,21 @@ impl Telemetry for InvocationLog {
         self.flush().await;
         self.stats(job, attempt)
             .map_err(|e| TelemetryError(e.to_string()))
+    }
+
+    async fn spans(&self, job: &str, attempt: u32) -> Result<Vec<InvocationSpan>, TelemetryError> {
+        self.flush().await;
+        let records = self
+            .records(job, attempt)
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.outcome != InvocationOutcome::Throttled)
+            .map(|r| InvocationSpan {
+                stage: r.stage,
+                started_ms: r.started_ms,
+                duration_us: r.duration_us,
+            })
+            .collect())
     }
 }

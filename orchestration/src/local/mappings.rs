@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
-use crate::ports::{Mapping, MappingConfig, MappingError, Mappings};
+use crate::ports::{Mapping, MappingConfig, MappingError, Mappings, ProvisionedPollers};
 
 /// Lambda's default account concurrency limit; reserving more than it is always rejected.
 pub const MAX_RESERVED_CONCURRENCY: u32 = 1_000;
@@ -30,9 +30,11 @@ CREATE TABLE IF NOT EXISTS mappings (
     function TEXT NOT NULL,
     batch_size INTEGER NOT NULL,
     batching_window_secs INTEGER NOT NULL,
-    max_concurrency INTEGER NOT NULL,
+    max_concurrency INTEGER NOT NULL, -- 0: not set
     enabled INTEGER NOT NULL,
     tags TEXT NOT NULL,
+    min_pollers INTEGER, -- provisioned mode, or NULL
+    max_pollers INTEGER,
     UNIQUE (queue_url, function)
 );
 CREATE TABLE IF NOT EXISTS reserved_concurrency (
@@ -40,8 +42,20 @@ CREATE TABLE IF NOT EXISTS reserved_concurrency (
     n INTEGER NOT NULL
 );";
 
-const COLUMNS: &str =
-    "id, queue_url, function, batch_size, batching_window_secs, max_concurrency, enabled, tags";
+const COLUMNS: &str = "id, queue_url, function, batch_size, batching_window_secs, \
+                       max_concurrency, enabled, tags, min_pollers, max_pollers";
+
+/// Columns added since the first schema, for databases created before them.
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    (
+        "min_pollers",
+        "ALTER TABLE mappings ADD COLUMN min_pollers INTEGER",
+    ),
+    (
+        "max_pollers",
+        "ALTER TABLE mappings ADD COLUMN max_pollers INTEGER",
+    ),
+];
 
 /// Event-source mappings and reserved concurrency in one SQLite database.
 pub struct SqliteMappings {
@@ -71,29 +85,58 @@ fn new_id() -> String {
     )
 }
 
-type Row = (String, String, String, i64, i64, i64, bool, String);
+struct Row {
+    id: String,
+    queue_url: String,
+    function: String,
+    batch_size: i64,
+    window: i64,
+    max_concurrency: i64,
+    enabled: bool,
+    tags: String,
+    pollers: (Option<i64>, Option<i64>),
+}
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+    Ok(Row {
+        id: r.get(0)?,
+        queue_url: r.get(1)?,
+        function: r.get(2)?,
+        batch_size: r.get(3)?,
+        window: r.get(4)?,
+        max_concurrency: r.get(5)?,
+        enabled: r.get(6)?,
+        tags: r.get(7)?,
+        pollers: (r.get(8)?, r.get(9)?),
+    })
 }
 
 fn to_mapping(row: Row) -> Result<Mapping, MappingError> {
-    let (id, queue_url, function, batch_size, window, max_concurrency, enabled, tags) = row;
+    let Row {
+        id,
+        queue_url,
+        function,
+        batch_size,
+        window,
+        max_concurrency,
+        enabled,
+        tags,
+        pollers,
+    } = row;
     let int = |v: i64| u32::try_from(v).map_err(|_| backend(format!("corrupt mapping {id}")));
+    let provisioned_pollers = match pollers {
+        (Some(minimum), Some(maximum)) => Some(ProvisionedPollers {
+            minimum: int(minimum)?,
+            maximum: int(maximum)?,
+        }),
+        _ => None,
+    };
     Ok(Mapping {
         config: MappingConfig {
             batch_size: int(batch_size)?,
             batching_window_secs: int(window)?,
-            max_concurrency: int(max_concurrency)?,
+            max_concurrency: Some(int(max_concurrency)?).filter(|n| *n > 0),
+            provisioned_pollers,
             enabled,
         },
         tags: serde_json::from_str(&tags)
@@ -116,6 +159,19 @@ impl SqliteMappings {
     pub fn open(path: &Path) -> Result<Self, MappingError> {
         let conn = super::open_sqlite(path).map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('mappings')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(backend)?;
+        for (column, alter) in ADDED_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                match conn.execute_batch(alter) {
+                    // Another process sharing the database added it first.
+                    Err(e) if e.to_string().contains("duplicate column") => {}
+                    other => other.map_err(backend)?,
+                }
+            }
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             generation: watch::Sender::new(0),
@@ -184,7 +240,7 @@ impl Mappings for SqliteMappings {
                 )));
             }
             tx.prepare_cached(&format!(
-                "INSERT INTO mappings ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                "INSERT INTO mappings ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -193,9 +249,11 @@ impl Mappings for SqliteMappings {
                     mapping.function,
                     config.batch_size,
                     config.batching_window_secs,
-                    config.max_concurrency,
+                    config.max_concurrency.unwrap_or(0),
                     config.enabled,
                     tags_json,
+                    config.provisioned_pollers.map(|p| p.minimum),
+                    config.provisioned_pollers.map(|p| p.maximum),
                 ])
             })
             .map_err(backend)?;
@@ -219,15 +277,18 @@ impl Mappings for SqliteMappings {
             let changed = tx
                 .prepare_cached(
                     "UPDATE mappings SET batch_size = ?2, batching_window_secs = ?3,
-                     max_concurrency = ?4, enabled = ?5 WHERE id = ?1",
+                     max_concurrency = ?4, enabled = ?5, min_pollers = ?6, max_pollers = ?7
+                     WHERE id = ?1",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         id,
                         config.batch_size,
                         config.batching_window_secs,
-                        config.max_concurrency,
+                        config.max_concurrency.unwrap_or(0),
                         config.enabled,
+                        config.provisioned_pollers.map(|p| p.minimum),
+                        config.provisioned_pollers.map(|p| p.maximum),
                     ])
                 })
                 .map_err(backend)?;
@@ -330,7 +391,8 @@ mod tests {
         MappingConfig {
             batch_size,
             batching_window_secs: window,
-            max_concurrency,
+            max_concurrency: Some(max_concurrency),
+            provisioned_pollers: None,
             enabled: true,
         }
     }
@@ -477,6 +539,80 @@ mod tests {
         // Everything is in the database: a second handle sees the same state.
         let again = open(&dir);
         assert_eq!(again.list_mappings(None).await.unwrap(), [b, c]);
+    }
+
+    #[tokio::test]
+    async fn provisioned_mode_round_trips_and_excludes_maximum_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = open(&dir);
+        let provisioned = MappingConfig {
+            max_concurrency: None,
+            provisioned_pollers: Some(ProvisionedPollers {
+                minimum: 2,
+                maximum: 40,
+            }),
+            ..config(10, 0, 2)
+        };
+        let created = m
+            .create_mapping("q", "map", provisioned, tags("j"))
+            .await
+            .unwrap();
+        assert_eq!(created.config, provisioned);
+        assert_eq!(m.list_mappings(None).await.unwrap()[0].config, provisioned);
+        let both = MappingConfig {
+            max_concurrency: Some(5),
+            ..provisioned
+        };
+        let err = m.update_mapping(&created.id, both).await.unwrap_err();
+        assert!(
+            matches!(err, MappingError::Invalid(ref s) if s.contains("ProvisionedPollerConfig")),
+            "{err}"
+        );
+        let back = m
+            .update_mapping(&created.id, config(10, 0, 5))
+            .await
+            .unwrap();
+        assert_eq!(back.config, config(10, 0, 5));
+        assert_eq!(open(&dir).list_mappings(None).await.unwrap()[0], back);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_provisioned_mode_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.db");
+        {
+            let conn = crate::local::open_sqlite(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE mappings (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                    queue_url TEXT NOT NULL, function TEXT NOT NULL,
+                    batch_size INTEGER NOT NULL, batching_window_secs INTEGER NOT NULL,
+                    max_concurrency INTEGER NOT NULL, enabled INTEGER NOT NULL,
+                    tags TEXT NOT NULL, UNIQUE (queue_url, function));
+                 INSERT INTO mappings (id, queue_url, function, batch_size,
+                    batching_window_secs, max_concurrency, enabled, tags)
+                 VALUES ('old', 'q', 'map', 10, 0, 7, 1, '{}');",
+            )
+            .unwrap();
+        }
+        let m = SqliteMappings::open(&path).unwrap();
+        let listed = m.list_mappings(None).await.unwrap();
+        assert_eq!(listed[0].config, config(10, 0, 7));
+        let provisioned = MappingConfig {
+            max_concurrency: None,
+            provisioned_pollers: Some(ProvisionedPollers {
+                minimum: 2,
+                maximum: 2,
+            }),
+            ..config(10, 0, 2)
+        };
+        m.update_mapping("old", provisioned).await.unwrap();
+        // A second open of the upgraded database changes nothing.
+        let again = SqliteMappings::open(&path).unwrap();
+        assert_eq!(
+            again.list_mappings(None).await.unwrap()[0].config,
+            provisioned
+        );
     }
 
     #[tokio::test]

@@ -46,6 +46,27 @@ pub fn open_sqlite(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Space below which giving it back is not worth a checkpoint's fsyncs: a WAL this small
+/// is recovered in milliseconds, and free pages this few are reused by the next job. Above
+/// it, the engine empties WALs and rewrites emptied queue shards.
+pub const RECLAIM_BYTES: u64 = 4 << 20;
+
+/// The size of a database's WAL file (0 when there is none).
+pub fn wal_bytes(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map_or(0, |m| m.len())
+}
+
+/// Copies a database's WAL into it and empties the WAL file (`wal_checkpoint(TRUNCATE)`),
+/// so that the next process to open it has no log to recover and the disk holds only the
+/// data. False when a reader of an older snapshot (another process) kept it from finishing:
+/// the WAL then stays for another time.
+pub fn truncate_wal(conn: &Connection) -> rusqlite::Result<bool> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(busy == 0)
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -30,6 +30,23 @@
 //! that the copy catches up with the writes and the WAL starts over. The shard's users wait
 //! for it asynchronously; no worker thread blocks on its fsyncs.
 //!
+//! # Giving space back
+//!
+//! A queue that held a job's millions of messages leaves its pages free in its shard when
+//! it is emptied, and the shard's WAL as large as it ever grew: SQLite reuses both but
+//! never shrinks them. Deleting a queue gives the space back ([`Shard::reclaim`]) once there
+//! is enough of it ([`super::RECLAIM_BYTES`]): if what the shard still holds is small (at
+//! most [`RECLAIM_LIVE_PAGES`]), a `VACUUM` rewrites it into a file of just that (its cost
+//! is the live data, a few milliseconds, however much was freed), and a `TRUNCATE`
+//! checkpoint empties the WAL. A shard busy with another
+//! job's deep queue is not rewritten under it; its free pages are reused by that job and
+//! given back by a later delete. [`SqliteQueues::reclaim`] does the same for every
+//! shard when the engine stops, so the next process to open them has no log to recover.
+//!
+//! `auto_vacuum = INCREMENTAL` was tried first: on a 94 MB file freed the way a queue frees
+//! its pages, `incremental_vacuum` took 1.5 s (in 16 MiB steps, each holding the shard),
+//! where `VACUUM` of the live rest took 8 ms.
+//!
 //! # Redrive across shards
 //!
 //! A queue's dead-letter queue (DLQ) may live in another shard, so moving a message there
@@ -65,7 +82,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
 
 use crate::ports::{
-    OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage, MAX_MESSAGE_BYTES,
+    limits, OutgoingMessage, QueueCounts, QueueError, QueueSpec, Queues, ReceivedMessage,
 };
 
 const URL_PREFIX: &str = "local://queue/";
@@ -89,6 +106,10 @@ const SHARD_CACHE_KIB: i64 = 4 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// Outbox rows finished per read, so a burst of dead letters never sits in memory at once.
 const MOVES_PER_READ: i64 = 64;
+/// A shard holding at most this many pages in use (16 MiB of 4 KiB pages) is rewritten
+/// when it has free pages to give back (module docs): its `VACUUM` holds the shard for a
+/// few milliseconds at most.
+const RECLAIM_LIVE_PAGES: i64 = 4096;
 
 /// `sqs_` prefixes keep the tables apart from other adapters sharing a database file.
 /// Messages stay a rowid table: bodies can be large, and WITHOUT ROWID tables store whole
@@ -149,6 +170,7 @@ pub struct SqliteQueues {
 #[derive(Debug)]
 struct Shard {
     conn: AsyncMutex<Connection>,
+    path: PathBuf,
     /// Long pollers of each queue, by queue name; rung after commits that may make a
     /// message visible sooner than the pollers expect.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -516,6 +538,14 @@ fn spawn_checkpointer(shards: Weak<[Shard]>) -> Result<mpsc::Sender<()>, QueueEr
     Ok(stop)
 }
 
+/// [`super::truncate_wal`], with a debug line when a reader held it up.
+fn truncate_wal(conn: &Connection) -> Result<(), QueueError> {
+    if !super::truncate_wal(conn).db()? {
+        tracing::debug!("queue WAL not truncated: a reader holds an older snapshot");
+    }
+    Ok(())
+}
+
 impl Shard {
     fn open(path: &Path) -> Result<Self, QueueError> {
         let mut conn = super::open_sqlite(path).db()?;
@@ -534,6 +564,7 @@ impl Shard {
         init_schema(&mut conn, path)?;
         Ok(Self {
             conn: AsyncMutex::new(conn),
+            path: path.to_owned(),
             waiters: Mutex::new(HashMap::new()),
         })
     }
@@ -612,19 +643,53 @@ impl Shard {
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
-        let mut conn = self.conn().await;
-        let tx = immediate(&mut conn)?;
-        let Some(id) = find_queue(&tx, name)? else {
-            return Ok(());
-        };
-        for sql in [
-            "DELETE FROM sqs_messages WHERE queue_id = ?1",
-            "DELETE FROM sqs_arrivals WHERE queue_id = ?1",
-            "DELETE FROM sqs_queues WHERE id = ?1",
-        ] {
-            tx.prepare_cached(sql).db()?.execute([id]).db()?;
+        {
+            let mut conn = self.conn().await;
+            let tx = immediate(&mut conn)?;
+            let Some(id) = find_queue(&tx, name)? else {
+                return Ok(());
+            };
+            for sql in [
+                "DELETE FROM sqs_messages WHERE queue_id = ?1",
+                "DELETE FROM sqs_arrivals WHERE queue_id = ?1",
+                "DELETE FROM sqs_queues WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql).db()?.execute([id]).db()?;
+            }
+            tx.commit().db()?;
         }
-        tx.commit().db()
+        self.reclaim().await
+    }
+
+    /// Gives the shard's free pages back to the file system when there are enough to be
+    /// worth it and what the shard still holds is small, and empties its WAL when that is
+    /// large (module docs).
+    async fn reclaim(&self) -> Result<(), QueueError> {
+        let conn = self.conn().await;
+        let pragma = |name: &str| -> Result<i64, QueueError> {
+            conn.pragma_query_value(None, name, |r| r.get(0)).db()
+        };
+        let free = pragma("freelist_count")?;
+        let live = pragma("page_count")? - free;
+        let free_bytes = u64::try_from(free * pragma("page_size")?).unwrap_or(0);
+        let rewrite = free_bytes >= super::RECLAIM_BYTES && live <= RECLAIM_LIVE_PAGES;
+        let wal = super::wal_bytes(&self.path);
+        let started = std::time::Instant::now();
+        if rewrite {
+            conn.execute_batch("VACUUM").db()?;
+        }
+        if rewrite || wal >= super::RECLAIM_BYTES {
+            truncate_wal(&conn)?;
+            tracing::debug!(
+                shard = %self.path.display(),
+                free_bytes,
+                wal_bytes = wal,
+                rewritten = rewrite,
+                ms = started.elapsed().as_millis() as u64,
+                "queue shard reclaimed"
+            );
+        }
+        Ok(())
     }
 
     /// Long pollers of a deleted queue wake up to find it gone; a recreated queue gets a
@@ -907,6 +972,16 @@ impl SqliteQueues {
         &self.shards[shard_of(name)]
     }
 
+    /// Gives back what every shard can and empties its WAL into its file (module docs):
+    /// for when the engine stops, so that the next process to open the shards has no log
+    /// to recover.
+    pub async fn reclaim(&self) -> Result<(), QueueError> {
+        for shard in self.shards.iter() {
+            shard.reclaim().await?;
+        }
+        Ok(())
+    }
+
     fn notifier(&self, name: &str) -> Arc<Notify> {
         self.shard(name).notifier(name)
     }
@@ -960,12 +1035,7 @@ impl SqliteQueues {
     async fn send_now(&self, name: &str, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
         // Validate everything first so a rejected call stores nothing.
         for m in messages {
-            if m.body.len() > MAX_MESSAGE_BYTES {
-                return Err(QueueError::Invalid(format!(
-                    "message body of {} bytes exceeds {MAX_MESSAGE_BYTES}",
-                    m.body.len()
-                )));
-            }
+            limits::check_message(&m.body).map_err(QueueError::TooLarge)?;
             if m.delay > MAX_DELAY {
                 return Err(QueueError::Invalid(format!(
                     "delay {:?} above {MAX_DELAY:?}",
@@ -1443,16 +1513,16 @@ mod tests {
         let url = q.create_queue(&spec("work", LONG)).await.unwrap();
         let batch = vec![
             OutgoingMessage::new("fine"),
-            OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES + 1)),
+            OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES + 1)),
         ];
         assert!(matches!(
             q.send(&url, batch).await,
-            Err(QueueError::Invalid(_))
+            Err(QueueError::TooLarge(o)) if o.size == limits::MAX_MESSAGE_BYTES as u64 + 1
         ));
         assert_eq!(q.counts(&url).await.unwrap(), QueueCounts::default());
         q.send(
             &url,
-            vec![OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES))],
+            vec![OutgoingMessage::new("x".repeat(limits::MAX_MESSAGE_BYTES))],
         )
         .await
         .unwrap();
@@ -1848,6 +1918,67 @@ mod tests {
         // Even after the dead letter is gone, repeating phase 2 does not bring it back.
         assert!(!q.shard(dead).land(&moved).await.unwrap());
         assert_eq!(q.counts(&dlq).await.unwrap(), QueueCounts::default());
+    }
+
+    /// Bytes of every file under `dir`: the shards, their WALs and shared-memory files.
+    fn bytes_on_disk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// A queue name other than `name` in the same shard.
+    fn shard_mate(name: &str) -> String {
+        (0..)
+            .map(|i| format!("mate-{i}"))
+            .find(|n| shard_of(n) == shard_of(name))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_deleted_queue_gives_its_space_back() {
+        let (dir, q) = open();
+        let big = q.create_queue(&spec("big", LONG)).await.unwrap();
+        let mate = shard_mate("big");
+        let kept = q.create_queue(&spec(&mate, LONG)).await.unwrap();
+        let body = "x".repeat(1000);
+        for round in 0..20 {
+            let batch = (0..1000)
+                .map(|_| OutgoingMessage::new(body.clone()))
+                .collect();
+            q.send(&big, batch).await.unwrap();
+            // The neighbour's messages are spread among the big queue's pages.
+            q.send(&kept, vec![OutgoingMessage::new(format!("kept {round}"))])
+                .await
+                .unwrap();
+        }
+        // A job drains its queue before deleting it: its pages are free, but still on disk.
+        let mut left = 20_000;
+        while left > 0 {
+            let got = q.receive(&big, 1000, Duration::ZERO, None).await.unwrap();
+            left -= got.len();
+            q.delete(&big, got.into_iter().map(|m| m.receipt_handle).collect())
+                .await
+                .unwrap();
+        }
+        let full = bytes_on_disk(dir.path());
+        assert!(full > 20_000_000, "{full} bytes after 20 MB of messages");
+
+        q.delete_queue(&big).await.unwrap();
+        let after = bytes_on_disk(dir.path());
+        // Four nearly empty shards, their (empty) WALs and shared-memory files.
+        assert!(after < 1_000_000, "{after} bytes on disk after the delete");
+        let mut bodies: Vec<String> = q
+            .receive(&kept, 100, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        bodies.sort_by_key(|b| b[5..].parse::<u32>().unwrap());
+        let expected: Vec<String> = (0..20).map(|r| format!("kept {r}")).collect();
+        assert_eq!(bodies, expected, "the shard's other queue is intact");
     }
 
     #[tokio::test]

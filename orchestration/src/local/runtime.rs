@@ -2,8 +2,8 @@
 //!
 //! One poller per enabled mapping receives up to `BatchSize` messages (waiting up to the
 //! batching window to fill a batch), and invokes the mapping's function under two limits:
-//! the mapping's `MaximumConcurrency` and the function's reserved concurrency (or the
-//! account's). The function's response is settled with the partial-batch-response rules of
+//! the mapping's `MaximumConcurrency` (in provisioned mode, its MaximumPollers × 10) and the
+//! function's reserved concurrency (or the account's). The function's response is settled with the partial-batch-response rules of
 //! AWS; a returned error, a panic or a timeout fails the whole batch, whose messages then
 //! reappear after their visibility timeout. As in AWS, a batch received when the function has
 //! no concurrency left is throttled: it goes back to the queue and its receive count is spent.
@@ -329,10 +329,10 @@ struct PollerContext {
 
 async fn poll(ctx: PollerContext, mapping: Mapping, mut config: watch::Receiver<MappingConfig>) {
     let ctx = Arc::new(ctx);
-    let slots = Limiter::new(mapping.config.max_concurrency);
+    let slots = Limiter::new(mapping.config.concurrency_cap());
     loop {
         let current = *config.borrow_and_update();
-        slots.set_limit(current.max_concurrency);
+        slots.set_limit(current.concurrency_cap());
         let slot = slots.acquire().await;
         let batch = match receive_batch(&ctx, &mapping.queue_url, &current).await {
             Ok(b) => b,
@@ -716,12 +716,20 @@ mod runtime_tests {
     }
 
     async fn map(rig: &Rig, batch_size: u32, max_concurrency: u32) {
-        let config = MappingConfig {
-            batch_size,
-            batching_window_secs: u32::from(batch_size > 10),
-            max_concurrency,
-            enabled: true,
-        };
+        map_with(
+            rig,
+            MappingConfig {
+                batch_size,
+                batching_window_secs: u32::from(batch_size > 10),
+                max_concurrency: Some(max_concurrency),
+                provisioned_pollers: None,
+                enabled: true,
+            },
+        )
+        .await;
+    }
+
+    async fn map_with(rig: &Rig, config: MappingConfig) {
         rig.mappings
             .create_mapping(&rig.queue, "probe", config, Default::default())
             .await
@@ -810,6 +818,35 @@ mod runtime_tests {
         })
         .await;
         assert_eq!(count(&probe, "slow"), 1, "delivered once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn provisioned_pollers_cap_concurrency_at_ten_invokes_each() {
+        let rig = rig(Duration::from_secs(5)).await;
+        map_with(
+            &rig,
+            MappingConfig {
+                batch_size: 1,
+                batching_window_secs: 0,
+                max_concurrency: None,
+                provisioned_pollers: Some(crate::ports::ProvisionedPollers {
+                    minimum: 2,
+                    maximum: 2,
+                }),
+                enabled: true,
+            },
+        )
+        .await;
+        let bodies: Vec<String> = (0..30).map(|_| "slow".to_owned()).collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        send(&rig, &refs).await;
+        let probe = Arc::new(Probe::default());
+        run_until(&rig, probe.clone(), |p| count(p, "slow") >= 30).await;
+        assert_eq!(
+            probe.max_concurrent.load(Ordering::SeqCst),
+            20,
+            "2 pollers × 10 invokes"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
 //! [`SqliteJobStore`]: the [`JobStore`] port on SQLite, reproducing the DynamoDB semantics the
 //! core relies on: conditional `PutItem`/`DeleteItem` (`attribute_not_exists`,
 //! `attribute_exists`, a version check), `TransactWriteItems` (all-or-nothing, at most
-//! [`MAX_TRANSACTION_ITEMS`] items, each key once, cancellation with per-item reasons) and
-//! `Query` with `begins_with` on the sort key and `ExclusiveStartKey` pagination.
+//! [`limits::MAX_TRANSACTION_ITEMS`] items, each key once, cancellation with per-item reasons) and
+//! `Query` with `begins_with` on the sort key and `ExclusiveStartKey` pagination, and
+//! DynamoDB's limits ([`limits`]): items of at most 400 KB as DynamoDB counts them, key
+//! lengths, transactions of at most 100 items and 4 MB, query pages of at most 1 MB.
 //!
 //! Every write runs in a `BEGIN IMMEDIATE` transaction: the condition is read and the write
 //! applied under SQLite's write lock, so conditions stay atomic even when several processes
@@ -15,9 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::ports::{
-    Attributes, Condition, Item, JobStore, Key, Page, StoreError, TxOp, MAX_TRANSACTION_ITEMS,
-};
+use crate::ports::{limits, Attributes, Condition, Item, JobStore, Key, Page, StoreError, TxOp};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS items (
     pk TEXT NOT NULL,
@@ -42,8 +42,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// DynamoDB rejects empty strings as key attribute values; rejecting them here keeps code
-/// that works on the embedded engine working on AWS.
+/// DynamoDB rejects empty strings as key attribute values, and keys over its lengths;
+/// rejecting them here keeps code that works on the embedded engine working on AWS.
 fn validate_key(key: &Key) -> Result<(), StoreError> {
     if key.pk.is_empty() || key.sk.is_empty() {
         return Err(StoreError::Invalid(format!(
@@ -51,7 +51,7 @@ fn validate_key(key: &Key) -> Result<(), StoreError> {
             key.pk, key.sk
         )));
     }
-    Ok(())
+    limits::check_key(key).map_err(StoreError::TooLarge)
 }
 
 fn holds(condition: Condition, current: Option<i64>) -> bool {
@@ -155,6 +155,7 @@ impl JobStore for SqliteJobStore {
         condition: Condition,
     ) -> Result<u64, StoreError> {
         validate_key(key)?;
+        limits::check_item(key, &attrs).map_err(StoreError::TooLarge)?;
         let mut conn = self.lock();
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
         // writes fails with SQLITE_BUSY (no busy-wait) if another process wrote in between.
@@ -190,12 +191,7 @@ impl JobStore for SqliteJobStore {
         if ops.is_empty() {
             return Err(StoreError::Invalid("empty transaction".into()));
         }
-        if ops.len() > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::Invalid(format!(
-                "transaction of {} items exceeds {MAX_TRANSACTION_ITEMS}",
-                ops.len()
-            )));
-        }
+        limits::check_transaction(&ops).map_err(StoreError::TooLarge)?;
         let mut seen = HashSet::with_capacity(ops.len());
         for op in &ops {
             validate_key(op.key())?;
@@ -272,27 +268,36 @@ impl JobStore for SqliteJobStore {
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
 
         let conn = self.lock();
-        let rows: Vec<(String, i64, String)> = conn
-            .prepare_cached(&sql)
-            .and_then(|mut stmt| {
-                // ?3 is bound (to NULL) even where unused so both statements share one binding.
-                stmt.query_map(params![pk, lower, upper, fetch], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect()
-            })
+        let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+        // ?3 is bound (to NULL) even where unused so both statements share one binding.
+        let mut rows = stmt
+            .query(params![pk, lower, upper, fetch])
             .map_err(backend)?;
-        drop(conn);
-
-        let more = rows.len() > limit;
-        let mut items = Vec::with_capacity(rows.len().min(limit));
-        for (sk, version, json) in rows.into_iter().take(limit) {
-            items.push(Item {
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let sk: String = row.get(0).map_err(backend)?;
+            let version: i64 = row.get(1).map_err(backend)?;
+            let json: String = row.get(2).map_err(backend)?;
+            let item = Item {
                 key: Key::new(pk, sk),
                 version: version as u64,
                 attrs: parse_attrs(&json)?,
-            });
+            };
+            // DynamoDB reads at most 1 MB per page: the item that would go past it starts
+            // the next page.
+            bytes += limits::item_size(&item.key, item.version, &item.attrs);
+            if items.len() == limit || (!items.is_empty() && bytes > limits::MAX_QUERY_PAGE_BYTES) {
+                more = true;
+                break;
+            }
+            items.push(item);
         }
+        drop(rows);
+        drop(stmt);
+        drop(conn);
+
         let next = if more {
             items.last().map(|i| i.key.sk.clone())
         } else {
@@ -556,14 +561,14 @@ mod tests {
             Err(StoreError::Invalid(_))
         ));
 
-        let too_many: Vec<TxOp> = (0..=MAX_TRANSACTION_ITEMS)
+        let too_many: Vec<TxOp> = (0..=limits::MAX_TRANSACTION_ITEMS)
             .map(|i| put_op("j", &format!("{i:04}"), Condition::Always))
             .collect();
         assert!(matches!(
             store.transact(too_many).await,
-            Err(StoreError::Invalid(_))
+            Err(StoreError::TooLarge(o)) if o.size == 101 && o.limit == 100
         ));
-        let most: Vec<TxOp> = (0..MAX_TRANSACTION_ITEMS)
+        let most: Vec<TxOp> = (0..limits::MAX_TRANSACTION_ITEMS)
             .map(|i| put_op("j", &format!("{i:04}"), Condition::NotExists))
             .collect();
         store.transact(most).await.unwrap();
@@ -581,7 +586,7 @@ mod tests {
         ));
         assert!(store.get(&Key::new("k", "x")).await.unwrap().is_none());
         let page = store.query("j", "", None, 1000).await.unwrap();
-        assert_eq!(page.items.len(), MAX_TRANSACTION_ITEMS);
+        assert_eq!(page.items.len(), limits::MAX_TRANSACTION_ITEMS);
     }
 
     #[tokio::test]
