@@ -572,6 +572,88 @@ fn template_state_is_durable_and_private() {
     check(problems);
 }
 
+/// Every queue and topic is encrypted explicitly; the topic's key lets CloudWatch alarms
+/// publish; every log group (each function's, the API's access log) has a retention and
+/// the stack's key; no function or API logs to a group the template does not declare (it
+/// would be created on first write, unencrypted and never expiring).
+#[test]
+fn template_encrypts_queues_topics_and_logs_and_logs_expire() {
+    let t = Template::load();
+    let mut problems = Vec::new();
+    for (id, queue) in t.resources("AWS::SQS::Queue") {
+        let p = &queue["Properties"];
+        if p["KmsMasterKeyId"].is_null() && p["SqsManagedSseEnabled"] != true {
+            problems.push(format!(
+                "{id}: needs KmsMasterKeyId or SqsManagedSseEnabled: true"
+            ));
+        }
+    }
+    let topics = t.resources("AWS::SNS::Topic");
+    if topics.is_empty() {
+        problems.push("no SNS topic for the alarms".into());
+    }
+    for (id, topic) in topics {
+        let key = &topic["Properties"]["KmsMasterKeyId"];
+        let Some(key_id) = target(key) else {
+            problems.push(format!("{id}: KmsMasterKeyId must reference the stack's KMS key (CloudWatch cannot use the AWS managed key for SNS)"));
+            continue;
+        };
+        let key = t.resource(key_id);
+        if key["Type"] != "AWS::KMS::Key" {
+            problems.push(format!("{id}: {key_id} is not an AWS::KMS::Key"));
+            continue;
+        }
+        if key["Properties"]["EnableKeyRotation"] != true {
+            problems.push(format!("{key_id}: EnableKeyRotation must be true"));
+        }
+        let mut grants = Vec::new();
+        statements(&key["Properties"]["KeyPolicy"], &mut grants);
+        let alarms_may_publish = grants.iter().any(|s| {
+            s["Effect"] == "Allow"
+                && s["Principal"]["Service"] == "cloudwatch.amazonaws.com"
+                && ["kms:Decrypt", "kms:GenerateDataKey*"]
+                    .iter()
+                    .all(|a| one_or_many(&s["Action"]).contains(&&json!(a)))
+        });
+        if !alarms_may_publish {
+            problems.push(format!(
+                "{key_id}: the key policy must let cloudwatch.amazonaws.com Decrypt and GenerateDataKey*"
+            ));
+        }
+    }
+    let log_groups: BTreeSet<&str> = t
+        .resources("AWS::Logs::LogGroup")
+        .into_iter()
+        .map(|(id, group)| {
+            let p = &group["Properties"];
+            if t.number(&p["RetentionInDays"]).is_none() {
+                problems.push(format!("{id}: RetentionInDays is required"));
+            }
+            if p["KmsKeyId"].is_null() {
+                problems.push(format!("{id}: KmsKeyId is required"));
+            }
+            id
+        })
+        .collect();
+    let logs_to_declared_group = |v: &Value| target(v).is_some_and(|g| log_groups.contains(g));
+    for (id, function) in t.resources("AWS::Serverless::Function") {
+        if !logs_to_declared_group(&function["Properties"]["LoggingConfig"]["LogGroup"]) {
+            problems.push(format!(
+                "{id}: LoggingConfig.LogGroup must be a log group of the template"
+            ));
+        }
+    }
+    for (id, api) in t.resources("AWS::Serverless::HttpApi") {
+        let access = &api["Properties"]["AccessLogSettings"];
+        if !logs_to_declared_group(&access["DestinationArn"]) || !access["Format"].is_string() {
+            problems.push(format!(
+                "{id}: AccessLogSettings needs a Format and a DestinationArn in the template"
+            ));
+        }
+    }
+    check(problems);
+}
+
 #[test]
 fn template_api_is_iam_authorised_and_outputs_are_there() {
     let t = Template::load();
@@ -761,7 +843,12 @@ fn template_iam_is_least_privilege() {
     let mut problems = Vec::new();
     let mut all = Vec::new();
     statements(&t.doc["Resources"], &mut all);
-    let allows: Vec<&Value> = all.iter().filter(|s| s["Effect"] == "Allow").collect();
+    // The roles' statements. A resource policy names its principal, and there `Resource:
+    // "*"` means the resource itself (the KMS key's policy): checked where it is used.
+    let allows: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["Effect"] == "Allow" && s["Principal"].is_null())
+        .collect();
     if allows.is_empty() {
         problems.push("found no IAM statements".into());
     }
