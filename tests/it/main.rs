@@ -7,6 +7,7 @@ mod cli;
 mod contract;
 mod engine;
 mod moto;
+mod signed;
 mod simulate;
 mod support;
 mod template;

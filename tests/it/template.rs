@@ -700,7 +700,8 @@ fn template_api_is_iam_authorised_and_outputs_are_there() {
             problems.push(format!("{id} ({name}) must not be reachable over HTTP"));
         }
     }
-    for output in ["ApiUrl", "Bucket", "Table"] {
+    // What `--stack NAME` reads (src/stack.rs).
+    for output in ["ApiUrl", "Bucket", "Table", "ControlQueueUrl"] {
         if t.doc["Outputs"][output]["Value"].is_null() {
             problems.push(format!("output {output} is missing"));
         }
