@@ -68,15 +68,21 @@ impl Template {
         out
     }
 
-    /// The function's logical id for each of its binary names (`Metadata.BuildProperties.Binary`).
+    /// The function's logical id for each of its role names: `FunctionName` is
+    /// `!Sub "${AWS::StackName}-{role}"`, and the `bootstrap` picks its role from it.
     fn functions(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (id, f) in self.resources("AWS::Serverless::Function") {
-            let binary = f["Metadata"]["BuildProperties"]["Binary"]
+            let role = f["Properties"]["FunctionName"]["Fn::Sub"]
                 .as_str()
-                .unwrap_or_else(|| panic!("function {id}: no Metadata.BuildProperties.Binary"));
-            if let Some(other) = out.insert(binary.to_owned(), id.to_owned()) {
-                panic!("functions {other} and {id} both build binary {binary}");
+                .and_then(|name| name.strip_prefix("${AWS::StackName}-"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "function {id}: FunctionName must be !Sub \"${{AWS::StackName}}-{{role}}\""
+                    )
+                });
+            if let Some(other) = out.insert(role.to_owned(), id.to_owned()) {
+                panic!("functions {other} and {id} both have the role {role}");
             }
         }
         out
@@ -212,25 +218,42 @@ fn template_functions_are_the_deployments_functions() {
     let in_code: BTreeSet<&str> = FUNCTIONS.iter().copied().collect();
     if in_template != in_code {
         problems.push(format!(
-            "its functions (by Metadata.BuildProperties.Binary) are {in_template:?}, \
+            "its functions (by FunctionName) are {in_template:?}, \
              but orchestration::aws::config::FUNCTIONS is {in_code:?}"
+        ));
+    }
+    // One build: every function runs the same binary with the same Metadata (SAM builds
+    // functions with identical build definitions once).
+    let bin = Path::new(ROOT).join("handlers/src/bin/bootstrap.rs");
+    if !bin.is_file() {
+        problems.push(format!("{} does not exist", bin.display()));
+    }
+    let metadata: BTreeSet<String> = functions
+        .values()
+        .map(|id| t.resource(id)["Metadata"].to_string())
+        .collect();
+    if metadata.len() != 1 {
+        problems.push(format!(
+            "the functions' Metadata differ, so SAM would build more than once: {metadata:?}"
         ));
     }
     for (name, id) in &functions {
         let f = t.resource(id);
-        let bin = Path::new(ROOT).join(format!("handlers/src/bin/{name}.rs"));
-        if !bin.is_file() {
+        if f["Metadata"]["BuildProperties"]["Binary"] != "bootstrap" {
             problems.push(format!(
-                "{id} builds binary {name}, but {} does not exist",
-                bin.display()
+                "{id}: Metadata.BuildProperties.Binary must be bootstrap"
             ));
         }
-        let expected_name = json!({ "Fn::Sub": format!("${{AWS::StackName}}-{name}") });
-        if f["Properties"]["FunctionName"] != expected_name {
+        // The bootstrap takes its role from the function's name.
+        let deployed = orchestration::aws::config::function_name("sluice", name);
+        let role = handlers::role::Role::from_lookup(|var| match var {
+            "AWS_LAMBDA_FUNCTION_NAME" => Some(deployed.clone()),
+            "SLUICE_PREFIX" => Some("sluice".to_owned()),
+            _ => None,
+        });
+        if role.as_ref().map(ToString::to_string).as_deref() != Ok(name.as_str()) {
             problems.push(format!(
-                "{id}: FunctionName must be !Sub \"${{AWS::StackName}}-{name}\" \
-                 (config::function_name), got {}",
-                f["Properties"]["FunctionName"]
+                "{id}: the bootstrap takes the role {role:?}, not {name}"
             ));
         }
         if f["Metadata"]["BuildMethod"] != "rust-cargolambda" {
