@@ -8,6 +8,7 @@ mod plot;
 mod progress;
 mod report;
 mod serve;
+mod stack;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ struct Cli {
         default_value = "sluice"
     )]
     aws_prefix: String,
+    #[command(flatten)]
+    remote: client::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +69,7 @@ struct Target {
     state_dir: PathBuf,
     backend: Backend,
     aws_prefix: String,
+    stack: Option<String>,
 }
 
 impl Target {
@@ -83,9 +87,12 @@ impl Target {
             Backend::Aws => {
                 use orchestration::aws::{local_engine, sdk_config, AwsSettings};
                 let sdk = sdk_config().await;
-                let (settings, provision) = match AwsSettings::from_env() {
-                    Ok(deployed) => (deployed, false),
-                    Err(_) => (AwsSettings::local(&self.aws_prefix), true),
+                let (settings, provision) = match (&self.stack, AwsSettings::from_env()) {
+                    (Some(name), _) => {
+                        (stack::Stack::describe(&sdk, name).await?.settings(), false)
+                    }
+                    (None, Ok(deployed)) => (deployed, false),
+                    (None, Err(_)) => (AwsSettings::local(&self.aws_prefix), true),
                 };
                 let log_dir = self.state_dir.join(format!("aws-{}", settings.prefix));
                 let (engine, _) = local_engine(
@@ -349,7 +356,9 @@ fn main() -> Result<()> {
         state_dir: state_dir.clone(),
         backend: cli.backend,
         aws_prefix: cli.aws_prefix,
+        stack: cli.remote.stack.clone(),
     };
+    let remote = cli.remote;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -364,20 +373,15 @@ fn main() -> Result<()> {
                 let engine = target.open(inject_faults.unwrap_or_default()).await?;
                 serve::serve(engine, port).await
             }
-            Command::Submit { job } => remote_submit(job).await,
-            Command::Status {
-                id,
-                api: Some(api),
-                json,
-            } => remote_show(&api, &id, "", json).await,
-            Command::Status {
-                id,
-                api: None,
-                json,
-            } => status(&target, &id, json).await,
+            Command::Submit { job } => remote_submit(job, &remote).await,
+            // With `--stack` (and no `--backend aws`), a job is read through the stack's API.
+            Command::Status { id, api, json } if api.is_some() || remote.is_api(cli.backend) => {
+                remote_show(api.as_deref(), &remote, &id, "", json).await
+            }
+            Command::Status { id, json, .. } => status(&target, &id, json).await,
             Command::Result {
                 id,
-                api: Some(api),
+                api,
                 keyed:
                     KeyedOut {
                         out: Some(out),
@@ -385,20 +389,18 @@ fn main() -> Result<()> {
                         order,
                     },
                 ..
-            } => remote_save(&api, &id, &out, field, order).await,
+            } if api.is_some() || remote.is_api(cli.backend) => {
+                remote_save(api.as_deref(), &remote, &id, &out, field, order).await
+            }
+            Command::Result { id, api, json, .. }
+                if api.is_some() || remote.is_api(cli.backend) =>
+            {
+                remote_show(api.as_deref(), &remote, &id, "/result", json).await
+            }
             Command::Result {
-                id,
-                api: Some(api),
-                json,
-                ..
-            } => remote_show(&api, &id, "/result", json).await,
-            Command::Result {
-                id,
-                api: None,
-                json,
-                keyed,
+                id, json, keyed, ..
             } => result(&target, &id, json, keyed).await,
-            Command::Cancel { id, api } => remote_cancel(&api, &id).await,
+            Command::Cancel { id, api } => remote_cancel(&api, &remote, &id).await,
             Command::Gen { data } => gen::run(&state_dir, data).await,
             Command::Bench {
                 experiment,
@@ -599,12 +601,12 @@ pub(crate) fn result_value(rec: &record::JobRecord) -> Value {
         .unwrap_or(Value::Null)
 }
 
-async fn remote_submit(job: JobCommand) -> Result<i32> {
+async fn remote_submit(job: JobCommand, remote: &client::Remote) -> Result<i32> {
     let (request, options) = job.request();
     if options.inject_faults.is_some() {
         bail!("faults are injected where jobs run: pass --inject-faults to `sluice serve`");
     }
-    let api = client::ApiClient::new(&options.api)?;
+    let api = client::ApiClient::connect(&options.api, remote).await?;
     let body = json!({
         "type": request.job_type,
         "params": request.params,
@@ -623,9 +625,15 @@ async fn remote_submit(job: JobCommand) -> Result<i32> {
     Ok(i32::from(response["status"] == "failed"))
 }
 
-async fn remote_show(api: &str, id: &str, suffix: &str, as_json: bool) -> Result<i32> {
+async fn remote_show(
+    api: Option<&str>,
+    remote: &client::Remote,
+    id: &str,
+    suffix: &str,
+    as_json: bool,
+) -> Result<i32> {
     let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = client::ApiClient::new(api)?;
+    let api = client::ApiClient::connect(api.unwrap_or(DEFAULT_API), remote).await?;
     let (status, body) = api.get(&format!("/jobs/{id}{suffix}")).await?;
     if status != 200 {
         bail!("{}", client::error_message(status, &body));
@@ -636,7 +644,8 @@ async fn remote_show(api: &str, id: &str, suffix: &str, as_json: bool) -> Result
 
 /// `sluice result --out` against an API: the keyed result, page by page, into a file.
 async fn remote_save(
-    api: &str,
+    api: Option<&str>,
+    remote: &client::Remote,
     id: &str,
     out: &std::path::Path,
     field: Option<String>,
@@ -644,7 +653,7 @@ async fn remote_save(
 ) -> Result<i32> {
     use std::io::Write as _;
     let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = client::ApiClient::new(api)?;
+    let api = client::ApiClient::connect(api.unwrap_or(DEFAULT_API), remote).await?;
     let (status, body) = api.get(&format!("/jobs/{id}/result")).await?;
     if status != 200 {
         bail!("{}", client::error_message(status, &body));
@@ -678,9 +687,9 @@ async fn remote_save(
     Ok(0)
 }
 
-async fn remote_cancel(api: &str, id: &str) -> Result<i32> {
+async fn remote_cancel(api: &str, remote: &client::Remote, id: &str) -> Result<i32> {
     let id = JobId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = client::ApiClient::new(api)?;
+    let api = client::ApiClient::connect(api, remote).await?;
     let (status, body) = api.delete(&format!("/jobs/{id}")).await?;
     if status != 202 {
         bail!("{}", client::error_message(status, &body));

@@ -1,8 +1,9 @@
-//! sluice's Lambda entry points: one binary per function (`src/bin/*.rs`), each a few lines
-//! that call into this crate, which only adapts Lambda's events to the core in
-//! `orchestration` (where all the logic is, testable without Lambda).
+//! sluice's Lambda entry points: one multi-call binary, `bootstrap` (`src/bin/bootstrap.rs`),
+//! that every function runs, picking its role at start ([`role`]); this crate only adapts
+//! Lambda's events to the core in `orchestration` (where all the logic is, testable without
+//! Lambda).
 //!
-//! | binary | event | core |
+//! | role | event | core |
 //! |---|---|---|
 //! | `api` | API Gateway HTTP API (payload v2) | [`orchestration::api::Api::handle`] |
 //! | `daemon` | SQS batch from the control queue | [`orchestration::daemon::Daemon::handle`] |
@@ -13,6 +14,7 @@
 //! body included) is a batch item failure, never a failed invocation.
 
 pub mod http;
+pub mod role;
 
 use std::sync::Arc;
 
@@ -74,6 +76,16 @@ pub async fn run_daemon() -> Result<(), Error> {
         async move { Ok::<_, Error>(daemon.handle(event.payload).await?) }
     }))
     .await
+}
+
+/// `main` of the `bootstrap` every function runs: its role's loop.
+pub async fn run(role: role::Role) -> Result<(), Error> {
+    match role {
+        role::Role::Api => run_api().await,
+        role::Role::Daemon => run_daemon().await,
+        role::Role::Sweeper => run_sweeper().await,
+        role::Role::Stage(function) => run_stage(function).await,
+    }
 }
 
 /// The sweeper's handler: one sweep per scheduled event.

@@ -133,9 +133,12 @@ pub enum Policy {
     Backlog(Goal),
 }
 
+/// `backlog` with no goal: the simulator shows it ahead of the paper's policies at every
+/// size where there is work to scale (README, "Scaling on AWS"). The paper's
+/// `static-proportional:150` and `always-one` stay selectable by name.
 impl Default for Policy {
     fn default() -> Self {
-        Self::StaticProportional(150)
+        Self::Backlog(Goal::default())
     }
 }
 

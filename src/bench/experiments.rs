@@ -360,7 +360,8 @@ async fn concurrency(jobs: &[usize], messages: u64, out: &Output) -> Result<i32>
             .map(|j| {
                 (
                     wordcount(messages, json!({"text": format!("the quick brown fox{j}")})),
-                    Policy::default(),
+                    // The paper's policy, which the recorded figures (docs/bench) used.
+                    Policy::StaticProportional(150),
                 )
             })
             .collect();
@@ -675,7 +676,8 @@ async fn throughput(
     for &size in partition_sizes {
         let (run, usage) = one_job(
             wordcount(messages, json!({"partition_size": size})),
-            Policy::default(),
+            // The policy the recorded figures (docs/bench) were made with.
+            Policy::StaticProportional(150),
             "throughput",
         )
         .await?;

@@ -32,16 +32,19 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The fixture's job: 200 messages of "the quick brown fox {i}", 10 per partition.
-const FIXTURE_WORDS: u64 = 200 * 5;
-
 async fn deployment(test: &str) -> (tempfile::TempDir, Engine, AwsPorts, AwsSettings) {
+    deployment_on(&moto::sdk().await, test).await
+}
+
+async fn deployment_on(
+    sdk: &aws_config::SdkConfig,
+    test: &str,
+) -> (tempfile::TempDir, Engine, AwsPorts, AwsSettings) {
     let dir = tempfile::tempdir().unwrap();
-    let sdk = moto::sdk().await;
     let settings = AwsSettings::local(&moto::prefix(test));
     let (engine, ports) = local_engine(
         dir.path(),
-        &sdk,
+        sdk,
         settings.clone(),
         true,
         Registry::default(),
@@ -85,14 +88,28 @@ async fn run_until_done(
     settings: &AwsSettings,
     id: &JobId,
 ) -> Seen {
+    run_until_all_done(engine, ports, settings, std::slice::from_ref(id)).await
+}
+
+/// [`run_until_done`] for jobs that run together.
+async fn run_until_all_done(
+    engine: &Engine,
+    ports: &AwsPorts,
+    settings: &AwsSettings,
+    ids: &[JobId],
+) -> Seen {
     let seen = Mutex::new(Seen::default());
     let done = AtomicBool::new(false);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let job_prefix = format!("{}-{}", settings.prefix, id.short());
+    let jobs: BTreeSet<String> = ids.iter().map(JobId::to_string).collect();
     let sampler = async {
         let guard = Instant::now();
         while !done.load(Ordering::SeqCst) {
-            let queues = ports.queues.list_queues(&job_prefix).await.unwrap();
+            let mut queues = Vec::new();
+            for id in ids {
+                let job_prefix = format!("{}-{}", settings.prefix, id.short());
+                queues.extend(ports.queues.list_queues(&job_prefix).await.unwrap());
+            }
             let mappings = ports.mappings.list_mappings(None).await.unwrap();
             let mut reserved = Vec::new();
             for f in Function::STAGE_FUNCTIONS {
@@ -111,7 +128,7 @@ async fn run_until_done(
                 s.job_mappings.extend(
                     mappings
                         .into_iter()
-                        .filter(|m| m.tags.get("sluice:job") == Some(&id.to_string()))
+                        .filter(|m| m.tags.get("sluice:job").is_some_and(|j| jobs.contains(j)))
                         .map(|m| m.id),
                 );
                 s.reserved.extend(reserved);
@@ -124,15 +141,17 @@ async fn run_until_done(
         }
     };
     let waiter = async {
-        loop {
-            let v = record::load(engine.services.store.as_ref(), id)
-                .await
-                .unwrap()
-                .unwrap();
-            if v.record.status.is_terminal() && v.record.torn_down {
-                break;
+        for id in ids {
+            loop {
+                let v = record::load(engine.services.store.as_ref(), id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if v.record.status.is_terminal() && v.record.torn_down {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         done.store(true, Ordering::SeqCst);
         let _ = stop.send(());
@@ -151,6 +170,14 @@ async fn run_until_done(
 /// mappings and reserved concurrency are gone: only the control queue, its DLQ and its
 /// mapping remain.
 async fn assert_exact_and_clean(ports: &AwsPorts, settings: &AwsSettings, id: &JobId) {
+    assert_exact(ports, id, 200, 20).await;
+    assert_clean(ports, settings, std::slice::from_ref(id)).await;
+}
+
+/// A word count of `messages` fixture messages ("the quick brown fox {i}") in `partitions`
+/// partitions is done with the exact result, in the record and in S3.
+async fn assert_exact(ports: &AwsPorts, id: &JobId, messages: u64, partitions: u64) {
+    let words = messages * 5;
     let rec = record::load(ports.store.as_ref(), id)
         .await
         .unwrap()
@@ -158,12 +185,12 @@ async fn assert_exact_and_clean(ports: &AwsPorts, settings: &AwsSettings, id: &J
         .record;
     assert_eq!(rec.status, JobStatus::Done, "{:?}", rec.outcome);
     let outcome = rec.outcome.unwrap();
+    assert_eq!(outcome.result.as_ref().unwrap()["total_words"], words);
+    assert_eq!(outcome.result.as_ref().unwrap()["messages"], messages);
     assert_eq!(
-        outcome.result.as_ref().unwrap()["total_words"],
-        FIXTURE_WORDS
+        (outcome.reduced_partitions, outcome.coverage),
+        (partitions, 1.0)
     );
-    assert_eq!(outcome.result.as_ref().unwrap()["messages"], 200);
-    assert_eq!((outcome.reduced_partitions, outcome.coverage), (20, 1.0));
     let stored = ports
         .blobs
         .get(&format!("results/{id}.json"))
@@ -172,8 +199,12 @@ async fn assert_exact_and_clean(ports: &AwsPorts, settings: &AwsSettings, id: &J
         .expect("the result in S3");
     let stored: Value = serde_json::from_slice(&stored).unwrap();
     assert_eq!(stored["status"], "done");
-    assert_eq!(stored["outcome"]["result"]["total_words"], FIXTURE_WORDS);
+    assert_eq!(stored["outcome"]["result"]["total_words"], words);
+}
 
+/// The jobs' queues, mappings, reserved concurrency and payloads are gone: only the
+/// control queue, its DLQ and its mapping remain.
+async fn assert_clean(ports: &AwsPorts, settings: &AwsSettings, ids: &[JobId]) {
     let left = ports.queues.list_queues(&settings.prefix).await.unwrap();
     let names: Vec<&str> = left.iter().map(|u| u.rsplit('/').next().unwrap()).collect();
     assert_eq!(
@@ -198,12 +229,14 @@ async fn assert_exact_and_clean(ports: &AwsPorts, settings: &AwsSettings, id: &J
             "{f}'s reserved concurrency was not released"
         );
     }
-    assert!(ports
-        .blobs
-        .list(&format!("payloads/{id}/"))
-        .await
-        .unwrap()
-        .is_empty());
+    for id in ids {
+        assert!(ports
+            .blobs
+            .list(&format!("payloads/{id}/"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +337,46 @@ async fn a_daemon_that_dies_after_claiming_a_tick_is_taken_over() {
     );
     assert_ne!(rec.lease.owner, "the-daemon-that-died");
     assert_exact_and_clean(&ports, &settings, &id).await;
+}
+
+/// AWS's faults on the wire: the emulator fails a tenth of all requests — provisioning,
+/// the daemon's ticks, the stage functions' calls and the runtime's polls alike — with
+/// throttling errors, 500s, 503s and dropped connections, and two jobs running together
+/// still end exact and leave nothing behind: the SDK's retries absorb every fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_stay_exact_when_a_tenth_of_aws_requests_fail() {
+    let (_dir, engine, ports, settings) = deployment_on(&moto::faulty_sdk().await, "faults").await;
+    let first = post_fixture_job(&engine).await;
+    let other = orchestration::job::JobRequest {
+        job_type: "wordcount".into(),
+        params: json!({"messages": 300, "partition_size": 20}),
+    };
+    let second = orchestration::submit::submit(&engine.services, &other, &Default::default())
+        .await
+        .unwrap()
+        .id;
+    run_until_all_done(&engine, &ports, &settings, &[first.clone(), second.clone()]).await;
+    assert_exact(&ports, &first, 200, 20).await;
+    assert_exact(&ports, &second, 300, 15).await;
+    assert_clean(&ports, &settings, &[first, second]).await;
+
+    // The faults were real: every kind was injected, at about the rate asked for.
+    let report = moto::injected_faults().await;
+    let requests = report["requests"].as_u64().unwrap();
+    let faulted: u64 = ["throttle", "500", "503", "drop"]
+        .iter()
+        .map(|kind| {
+            let n = report["faulted"][kind].as_u64().unwrap();
+            assert!(n > 0, "no {kind} fault was injected: {report}");
+            n
+        })
+        .sum();
+    let rate = faulted as f64 / requests as f64;
+    eprintln!("injected faults: {report}");
+    assert!(
+        requests > 500 && (rate - moto::FAULT_RATE).abs() < 0.03,
+        "{faulted} of {requests} requests faulted: {report}"
+    );
 }
 
 /// `sluice run --backend aws` against an empty deployment in the emulator: it provisions

@@ -9,6 +9,7 @@ mod dashboard;
 mod engine;
 mod keyed;
 mod moto;
+mod signed;
 mod simulate;
 mod support;
 mod template;

@@ -2,6 +2,8 @@
 //! loopback port from the project's `.venv` (made by `scripts/python-env`), and stopped when
 //! the process exits (it serves until its stdin closes). Tests isolate themselves by giving
 //! every deployment a prefix of its own, so they can share the server and run in parallel.
+//! A second server, started on first use, fails a tenth of the requests the way AWS does
+//! (`scripts/moto-server --fault-rate`), for the tests of the adapters' retries.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -22,37 +24,48 @@ fn python() -> String {
         .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
 
+fn start(args: &[&str]) -> Moto {
+    let python = python();
+    let mut child = Command::new(&python)
+        .arg(format!(
+            "{}/scripts/moto-server",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start moto with {python} ({e}); run scripts/python-env first")
+        });
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("moto announces its endpoint");
+    let endpoint = line.trim().to_owned();
+    assert!(
+        endpoint.starts_with("http://127.0.0.1:"),
+        "moto did not start (is moto[server] in .venv? run scripts/python-env): {line:?}"
+    );
+    Moto {
+        endpoint,
+        _child: Mutex::new(child),
+    }
+}
+
 fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| {
-        let python = python();
-        let mut child = Command::new(&python)
-            .arg(format!(
-                "{}/scripts/moto-server",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start moto with {python} ({e}); run scripts/python-env first")
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("moto announces its endpoint");
-        let endpoint = line.trim().to_owned();
-        assert!(
-            endpoint.starts_with("http://127.0.0.1:"),
-            "moto did not start (is moto[server] in .venv? run scripts/python-env): {line:?}"
-        );
-        Moto {
-            endpoint,
-            _child: Mutex::new(child),
-        }
-    })
+    MOTO.get_or_init(|| start(&[]))
+}
+
+/// The share of requests the faulty emulator fails.
+pub const FAULT_RATE: f64 = 0.1;
+
+fn faulty() -> &'static Moto {
+    static FAULTY: OnceLock<Moto> = OnceLock::new();
+    FAULTY.get_or_init(|| start(&["--fault-rate", &FAULT_RATE.to_string()]))
 }
 
 /// The emulator's endpoint URL (for child processes: `AWS_ENDPOINT_URL`).
@@ -62,8 +75,28 @@ pub fn endpoint() -> &'static str {
 
 /// The SDK configuration for the emulator: loopback endpoint, fixed test credentials.
 pub async fn sdk() -> SdkConfig {
+    sdk_at(&moto().endpoint).await
+}
+
+/// The SDK configuration for the emulator that fails [`FAULT_RATE`] of the requests, with
+/// the retry and timeout settings the deployment uses.
+pub async fn faulty_sdk() -> SdkConfig {
+    sdk_at(&faulty().endpoint).await
+}
+
+/// What the faulty emulator has injected so far: `{"requests": N, "faulted": {kind: n}}`.
+pub async fn injected_faults() -> serde_json::Value {
+    reqwest::get(format!("{}/sluice-faults", faulty().endpoint))
+        .await
+        .expect("the faulty emulator answers")
+        .json()
+        .await
+        .expect("a JSON report of the faults")
+}
+
+async fn sdk_at(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(&moto().endpoint)
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .retry_config(orchestration::aws::retry_config())

@@ -68,15 +68,21 @@ impl Template {
         out
     }
 
-    /// The function's logical id for each of its binary names (`Metadata.BuildProperties.Binary`).
+    /// The function's logical id for each of its role names: `FunctionName` is
+    /// `!Sub "${AWS::StackName}-{role}"`, and the `bootstrap` picks its role from it.
     fn functions(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (id, f) in self.resources("AWS::Serverless::Function") {
-            let binary = f["Metadata"]["BuildProperties"]["Binary"]
+            let role = f["Properties"]["FunctionName"]["Fn::Sub"]
                 .as_str()
-                .unwrap_or_else(|| panic!("function {id}: no Metadata.BuildProperties.Binary"));
-            if let Some(other) = out.insert(binary.to_owned(), id.to_owned()) {
-                panic!("functions {other} and {id} both build binary {binary}");
+                .and_then(|name| name.strip_prefix("${AWS::StackName}-"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "function {id}: FunctionName must be !Sub \"${{AWS::StackName}}-{{role}}\""
+                    )
+                });
+            if let Some(other) = out.insert(role.to_owned(), id.to_owned()) {
+                panic!("functions {other} and {id} both have the role {role}");
             }
         }
         out
@@ -212,25 +218,42 @@ fn template_functions_are_the_deployments_functions() {
     let in_code: BTreeSet<&str> = FUNCTIONS.iter().copied().collect();
     if in_template != in_code {
         problems.push(format!(
-            "its functions (by Metadata.BuildProperties.Binary) are {in_template:?}, \
+            "its functions (by FunctionName) are {in_template:?}, \
              but orchestration::aws::config::FUNCTIONS is {in_code:?}"
+        ));
+    }
+    // One build: every function runs the same binary with the same Metadata (SAM builds
+    // functions with identical build definitions once).
+    let bin = Path::new(ROOT).join("handlers/src/bin/bootstrap.rs");
+    if !bin.is_file() {
+        problems.push(format!("{} does not exist", bin.display()));
+    }
+    let metadata: BTreeSet<String> = functions
+        .values()
+        .map(|id| t.resource(id)["Metadata"].to_string())
+        .collect();
+    if metadata.len() != 1 {
+        problems.push(format!(
+            "the functions' Metadata differ, so SAM would build more than once: {metadata:?}"
         ));
     }
     for (name, id) in &functions {
         let f = t.resource(id);
-        let bin = Path::new(ROOT).join(format!("handlers/src/bin/{name}.rs"));
-        if !bin.is_file() {
+        if f["Metadata"]["BuildProperties"]["Binary"] != "bootstrap" {
             problems.push(format!(
-                "{id} builds binary {name}, but {} does not exist",
-                bin.display()
+                "{id}: Metadata.BuildProperties.Binary must be bootstrap"
             ));
         }
-        let expected_name = json!({ "Fn::Sub": format!("${{AWS::StackName}}-{name}") });
-        if f["Properties"]["FunctionName"] != expected_name {
+        // The bootstrap takes its role from the function's name.
+        let deployed = orchestration::aws::config::function_name("sluice", name);
+        let role = handlers::role::Role::from_lookup(|var| match var {
+            "AWS_LAMBDA_FUNCTION_NAME" => Some(deployed.clone()),
+            "SLUICE_PREFIX" => Some("sluice".to_owned()),
+            _ => None,
+        });
+        if role.as_ref().map(ToString::to_string).as_deref() != Ok(name.as_str()) {
             problems.push(format!(
-                "{id}: FunctionName must be !Sub \"${{AWS::StackName}}-{name}\" \
-                 (config::function_name), got {}",
-                f["Properties"]["FunctionName"]
+                "{id}: the bootstrap takes the role {role:?}, not {name}"
             ));
         }
         if f["Metadata"]["BuildMethod"] != "rust-cargolambda" {
@@ -572,6 +595,88 @@ fn template_state_is_durable_and_private() {
     check(problems);
 }
 
+/// Every queue and topic is encrypted explicitly; the topic's key lets CloudWatch alarms
+/// publish; every log group (each function's, the API's access log) has a retention and
+/// the stack's key; no function or API logs to a group the template does not declare (it
+/// would be created on first write, unencrypted and never expiring).
+#[test]
+fn template_encrypts_queues_topics_and_logs_and_logs_expire() {
+    let t = Template::load();
+    let mut problems = Vec::new();
+    for (id, queue) in t.resources("AWS::SQS::Queue") {
+        let p = &queue["Properties"];
+        if p["KmsMasterKeyId"].is_null() && p["SqsManagedSseEnabled"] != true {
+            problems.push(format!(
+                "{id}: needs KmsMasterKeyId or SqsManagedSseEnabled: true"
+            ));
+        }
+    }
+    let topics = t.resources("AWS::SNS::Topic");
+    if topics.is_empty() {
+        problems.push("no SNS topic for the alarms".into());
+    }
+    for (id, topic) in topics {
+        let key = &topic["Properties"]["KmsMasterKeyId"];
+        let Some(key_id) = target(key) else {
+            problems.push(format!("{id}: KmsMasterKeyId must reference the stack's KMS key (CloudWatch cannot use the AWS managed key for SNS)"));
+            continue;
+        };
+        let key = t.resource(key_id);
+        if key["Type"] != "AWS::KMS::Key" {
+            problems.push(format!("{id}: {key_id} is not an AWS::KMS::Key"));
+            continue;
+        }
+        if key["Properties"]["EnableKeyRotation"] != true {
+            problems.push(format!("{key_id}: EnableKeyRotation must be true"));
+        }
+        let mut grants = Vec::new();
+        statements(&key["Properties"]["KeyPolicy"], &mut grants);
+        let alarms_may_publish = grants.iter().any(|s| {
+            s["Effect"] == "Allow"
+                && s["Principal"]["Service"] == "cloudwatch.amazonaws.com"
+                && ["kms:Decrypt", "kms:GenerateDataKey*"]
+                    .iter()
+                    .all(|a| one_or_many(&s["Action"]).contains(&&json!(a)))
+        });
+        if !alarms_may_publish {
+            problems.push(format!(
+                "{key_id}: the key policy must let cloudwatch.amazonaws.com Decrypt and GenerateDataKey*"
+            ));
+        }
+    }
+    let log_groups: BTreeSet<&str> = t
+        .resources("AWS::Logs::LogGroup")
+        .into_iter()
+        .map(|(id, group)| {
+            let p = &group["Properties"];
+            if t.number(&p["RetentionInDays"]).is_none() {
+                problems.push(format!("{id}: RetentionInDays is required"));
+            }
+            if p["KmsKeyId"].is_null() {
+                problems.push(format!("{id}: KmsKeyId is required"));
+            }
+            id
+        })
+        .collect();
+    let logs_to_declared_group = |v: &Value| target(v).is_some_and(|g| log_groups.contains(g));
+    for (id, function) in t.resources("AWS::Serverless::Function") {
+        if !logs_to_declared_group(&function["Properties"]["LoggingConfig"]["LogGroup"]) {
+            problems.push(format!(
+                "{id}: LoggingConfig.LogGroup must be a log group of the template"
+            ));
+        }
+    }
+    for (id, api) in t.resources("AWS::Serverless::HttpApi") {
+        let access = &api["Properties"]["AccessLogSettings"];
+        if !logs_to_declared_group(&access["DestinationArn"]) || !access["Format"].is_string() {
+            problems.push(format!(
+                "{id}: AccessLogSettings needs a Format and a DestinationArn in the template"
+            ));
+        }
+    }
+    check(problems);
+}
+
 #[test]
 fn template_api_is_iam_authorised_and_outputs_are_there() {
     let t = Template::load();
@@ -618,7 +723,8 @@ fn template_api_is_iam_authorised_and_outputs_are_there() {
             problems.push(format!("{id} ({name}) must not be reachable over HTTP"));
         }
     }
-    for output in ["ApiUrl", "Bucket", "Table"] {
+    // What `--stack NAME` reads (src/stack.rs).
+    for output in ["ApiUrl", "Bucket", "Table", "ControlQueueUrl"] {
         if t.doc["Outputs"][output]["Value"].is_null() {
             problems.push(format!("output {output} is missing"));
         }
@@ -761,7 +867,12 @@ fn template_iam_is_least_privilege() {
     let mut problems = Vec::new();
     let mut all = Vec::new();
     statements(&t.doc["Resources"], &mut all);
-    let allows: Vec<&Value> = all.iter().filter(|s| s["Effect"] == "Allow").collect();
+    // The roles' statements. A resource policy names its principal, and there `Resource:
+    // "*"` means the resource itself (the KMS key's policy): checked where it is used.
+    let allows: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["Effect"] == "Allow" && s["Principal"].is_null())
+        .collect();
     if allows.is_empty() {
         problems.push("found no IAM statements".into());
     }

@@ -136,6 +136,31 @@ impl SqsQueues {
     }
 }
 
+/// The attributes a queue is created with. Every queue is encrypted at rest with SQS-managed
+/// keys, explicitly (AWS turns it on by default for new queues, but a default can change
+/// and an account policy may require it stated): no KMS key to pay for or to grant, and no
+/// KMS request on the data path.
+fn queue_attributes(
+    spec: &QueueSpec,
+    dead_letter_arn: Option<&str>,
+) -> Vec<(QueueAttributeName, String)> {
+    let mut attributes = vec![
+        (
+            QueueAttributeName::VisibilityTimeout,
+            secs(spec.visibility_timeout, MAX_VISIBILITY_SECS).to_string(),
+        ),
+        (QueueAttributeName::SqsManagedSseEnabled, "true".to_owned()),
+    ];
+    if let (Some(dl), Some(arn)) = (&spec.dead_letter, dead_letter_arn) {
+        let policy = serde_json::json!({
+            "deadLetterTargetArn": arn,
+            "maxReceiveCount": dl.max_receive_count,
+        });
+        attributes.push((QueueAttributeName::RedrivePolicy, policy.to_string()));
+    }
+    attributes
+}
+
 /// Splits messages into SendMessageBatch calls within the entry and byte limits.
 fn send_batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
     let mut batches = Vec::new();
@@ -159,23 +184,19 @@ fn send_batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
 #[async_trait]
 impl Queues for SqsQueues {
     async fn create_queue(&self, spec: &QueueSpec) -> Result<String, QueueError> {
-        let mut request = self
+        let dead_letter_arn = match &spec.dead_letter {
+            Some(dl) => Some(self.queue_arn(&dl.queue_url).await?),
+            None => None,
+        };
+        let out = self
             .client
             .create_queue()
             .queue_name(&spec.name)
-            .attributes(
-                QueueAttributeName::VisibilityTimeout,
-                secs(spec.visibility_timeout, MAX_VISIBILITY_SECS).to_string(),
-            );
-        if let Some(dl) = &spec.dead_letter {
-            let arn = self.queue_arn(&dl.queue_url).await?;
-            let policy = serde_json::json!({
-                "deadLetterTargetArn": arn,
-                "maxReceiveCount": dl.max_receive_count,
-            });
-            request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
-        }
-        let out = request
+            .set_attributes(Some(
+                queue_attributes(spec, dead_letter_arn.as_deref())
+                    .into_iter()
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(|e| sdk_error("CreateQueue", &spec.name, e))?;
@@ -434,6 +455,41 @@ impl Queues for SqsQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_queue_is_created_encrypted() {
+        let plain = QueueSpec {
+            name: "sl-x-1-dlq".into(),
+            visibility_timeout: Duration::from_millis(1500),
+            dead_letter: None,
+        };
+        let with_dlq = QueueSpec {
+            name: "sl-x-1-count".into(),
+            dead_letter: Some(crate::ports::DeadLetter {
+                queue_url: "http://q/sl-x-1-dlq".into(),
+                max_receive_count: 5,
+            }),
+            ..plain.clone()
+        };
+        for (spec, arn) in [
+            (&plain, None),
+            (&with_dlq, Some("arn:aws:sqs:r:1:sl-x-1-dlq")),
+        ] {
+            let attributes = queue_attributes(spec, arn);
+            assert!(
+                attributes.contains(&(QueueAttributeName::SqsManagedSseEnabled, "true".into())),
+                "{attributes:?}"
+            );
+            assert!(attributes.contains(&(QueueAttributeName::VisibilityTimeout, "2".into())));
+        }
+        let redrive = queue_attributes(&with_dlq, Some("arn:aws:sqs:r:1:sl-x-1-dlq"))
+            .into_iter()
+            .find(|(name, _)| *name == QueueAttributeName::RedrivePolicy)
+            .expect("a redrive policy");
+        let policy: serde_json::Value = serde_json::from_str(&redrive.1).unwrap();
+        assert_eq!(policy["deadLetterTargetArn"], "arn:aws:sqs:r:1:sl-x-1-dlq");
+        assert_eq!(policy["maxReceiveCount"], 5);
+    }
 
     #[test]
     fn batches_respect_entry_and_byte_limits() {

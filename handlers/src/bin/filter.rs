@@ -1,6 +1,0 @@
-//! The `filter` stage function: SQS batches from job stage queues, with partial batch responses.
-
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    handlers::run_stage(orchestration::flow::Function::Filter).await
-}
