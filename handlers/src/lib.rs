@@ -25,7 +25,6 @@ use orchestration::api::Api;
 use orchestration::daemon::Daemon;
 use orchestration::flow::Function;
 use orchestration::services::Services;
-use orchestration::status::NoTelemetry;
 use orchestration::sweeper::{SweepReport, Sweeper};
 use orchestration::worker::StageHandler;
 
@@ -105,11 +104,12 @@ pub async fn run_sweeper() -> Result<(), Error> {
     .await
 }
 
-/// `main` of the api function. Per-stage invocation statistics come from CloudWatch in
-/// AWS, which the API does not query: its status views report queues and the ledger.
+/// `main` of the api function. Its status views report the stages' invocation counts from
+/// the counters the stage functions keep in the table, beside queues and the ledger.
 pub async fn run_api() -> Result<(), Error> {
     init_tracing();
-    let api = Arc::new(Api::new(services().await?, Arc::new(NoTelemetry)));
+    let svc = services().await?;
+    let api = Arc::new(Api::new(svc.clone(), svc.telemetry.clone()));
     lambda_http::run(lambda_http::service_fn(move |request| {
         let api = api.clone();
         async move { Ok::<_, Error>(http::handle(&api, request).await) }

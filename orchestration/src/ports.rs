@@ -432,11 +432,24 @@ impl StageStats {
 #[error("telemetry: {0}")]
 pub struct TelemetryError(pub String);
 
-/// Where invocation statistics come from: the local runtime's log, or CloudWatch.
+/// Where invocation statistics come from: the local runtime's log, or (AWS) counters the
+/// stage functions keep in the job table.
 #[async_trait]
 pub trait Telemetry: Send + Sync {
     async fn stage_stats(&self, job: &str, attempt: u32)
         -> Result<Vec<StageStats>, TelemetryError>;
+    /// Count one invocation of a stage (its `invocations` is 1), where the deployment keeps
+    /// no record of invocations but what the functions count themselves (AWS: the stage
+    /// functions add to counters in the job table). The local runtime logs every
+    /// invocation it runs, so by default this does nothing.
+    async fn record(
+        &self,
+        _job: &str,
+        _attempt: u32,
+        _invocation: &StageStats,
+    ) -> Result<(), TelemetryError> {
+        Ok(())
+    }
     /// Every invocation of one job attempt that ran (throttled batches did not), for
     /// concurrency over time; none where no records are kept.
     async fn spans(

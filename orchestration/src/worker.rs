@@ -16,7 +16,7 @@ use crate::flow::{Flow, Function, Step};
 use crate::job::JobId;
 use crate::keyed::{self, KeyedError, KeyedMap};
 use crate::ledger::{self, Ledger, LedgerError};
-use crate::ports::{OutgoingMessage, QueueError, StoreError};
+use crate::ports::{OutgoingMessage, QueueError, StageStats, StoreError};
 use crate::record;
 use crate::services::Services;
 
@@ -105,10 +105,14 @@ impl StageHandler {
 
     /// The Lambda handler: an SQS batch in, the ids of the failed messages out.
     pub async fn handle(&self, event: SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
+        let started = std::time::Instant::now();
         let crash = self.svc.faults.stage_crash();
         if crash == Some(CrashPoint::BeforeEffects) {
             return Err(HandlerError::InjectedCrash(CrashPoint::BeforeEffects));
         }
+        let batch_size = event.records.len() as u64;
+        // The job stage this batch is for (a stage queue carries one job attempt's stage).
+        let mut counted: Option<(String, u32, String)> = None;
         let mut failures: Vec<String> = Vec::new();
         let mut sends: HashMap<String, (Vec<String>, Vec<OutgoingMessage>)> = HashMap::new();
         let mut reduces: HashMap<(String, u32), Vec<Partial>> = HashMap::new();
@@ -148,6 +152,9 @@ impl StageHandler {
             }
         }
         for ((id, receipt, receive_count), outcome) in outcomes {
+            if let (None, Ok((env, _))) = (&counted, &outcome) {
+                counted = Some((env.job.clone(), env.attempt, env.stage.clone()));
+            }
             match outcome {
                 Ok((_, Effect::Drop)) => {}
                 Ok((_, Effect::Send(url, out))) => {
@@ -185,7 +192,30 @@ impl StageHandler {
         }
 
         self.back_off(retry).await;
-        if crash == Some(CrashPoint::AfterEffects) {
+        let crashed = crash == Some(CrashPoint::AfterEffects);
+        if let Some((job, attempt, stage)) = counted {
+            let failed = if crashed {
+                batch_size
+            } else {
+                failures.len() as u64
+            };
+            let invocation = StageStats {
+                stage,
+                function: self.function.as_str().to_owned(),
+                invocations: 1,
+                messages: batch_size - failed,
+                failed_messages: failed,
+                failed_invocations: u64::from(crashed),
+                throttles: 0,
+                // Lambda bills each invocation rounded up to the millisecond.
+                billed_ms: started.elapsed().as_micros().div_ceil(1000) as u64,
+            };
+            if let Err(e) = self.svc.telemetry.record(&job, attempt, &invocation).await {
+                // Counts steer scaling; a lost one never fails the batch.
+                debug!(job_id = %job, stage = %invocation.stage, error = %e, "invocation not counted");
+            }
+        }
+        if crashed {
             return Err(HandlerError::InjectedCrash(CrashPoint::AfterEffects));
         }
         let mut response = SqsBatchResponse::default();

@@ -15,7 +15,7 @@ use orchestration::faults::Faults;
 use orchestration::flow::{Function, Registry};
 use orchestration::job::{JobId, JobStatus};
 use orchestration::local::Engine;
-use orchestration::ports::{Blobs, Mappings, QueueCounts, Queues};
+use orchestration::ports::{Blobs, Mappings, QueueCounts, Queues, StageStats, Telemetry};
 use orchestration::record::{self, Lease};
 use orchestration::services::Tick;
 use orchestration::status::NoTelemetry;
@@ -277,6 +277,39 @@ async fn a_job_runs_end_to_end_over_the_aws_protocol() {
         .find(|s| s.stage == "count")
         .expect("count invocations");
     assert_eq!(count.messages, 20, "{stats:?}");
+
+    // On AWS the stage functions count themselves (what `backlog` reads there): the
+    // counters in the table agree with the runtime's own log, stage by stage.
+    let counted = ports
+        .telemetry
+        .stage_stats(id.as_str(), attempt)
+        .await
+        .unwrap();
+    let stages = |stats: &[StageStats]| -> Vec<(String, String, u64, u64, u64)> {
+        stats
+            .iter()
+            .map(|s| {
+                (
+                    s.stage.clone(),
+                    s.function.clone(),
+                    s.invocations - s.throttles,
+                    s.messages,
+                    s.failed_messages,
+                )
+            })
+            .collect()
+    };
+    let mut logged = stages(&stats);
+    logged.sort();
+    assert_eq!(stages(&counted), logged, "{counted:?} vs {stats:?}");
+    assert!(
+        counted.iter().all(|s| s.billed_ms >= s.invocations),
+        "{counted:?}"
+    );
+    assert!(
+        counted.iter().all(|s| s.throughput().is_some()),
+        "{counted:?}"
+    );
     assert_exact_and_clean(&ports, &settings, &id).await;
 }
 

@@ -12,6 +12,7 @@ pub mod lambda;
 pub mod provision;
 pub mod s3;
 pub mod sqs;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use dynamodb::DynamoDbJobStore;
 pub use lambda::{LambdaMappings, Triggers};
 pub use s3::S3Blobs;
 pub use sqs::SqsQueues;
+pub use telemetry::StageCounters;
 
 use crate::faults::Faults;
 use crate::flow::Registry;
@@ -81,6 +83,7 @@ pub struct AwsPorts {
     pub queues: Arc<SqsQueues>,
     pub blobs: Arc<S3Blobs>,
     pub mappings: Arc<LambdaMappings>,
+    pub telemetry: Arc<StageCounters>,
 }
 
 impl AwsPorts {
@@ -95,7 +98,8 @@ impl AwsPorts {
         let lambda = aws_sdk_lambda::Client::new(sdk);
         let queues = Arc::new(SqsQueues::new(sqs));
         Self {
-            store: Arc::new(DynamoDbJobStore::new(dynamodb, &settings.table)),
+            store: Arc::new(DynamoDbJobStore::new(dynamodb.clone(), &settings.table)),
+            telemetry: Arc::new(StageCounters::new(dynamodb, &settings.table)),
             blobs: Arc::new(S3Blobs::new(s3, &settings.bucket)),
             mappings: Arc::new(LambdaMappings::new(
                 lambda,
@@ -121,8 +125,8 @@ impl AwsPorts {
             queues: self.queues.clone(),
             blobs: self.blobs.clone(),
             mappings: self.mappings.clone(),
-            // CloudWatch's Lambda metrics would serve; the policy assumes without them.
-            telemetry: Arc::new(crate::status::NoTelemetry),
+            // The stage functions count their invocations in the table (`telemetry`).
+            telemetry: self.telemetry.clone(),
             clock: Arc::new(SystemClock),
             registry,
             settings: settings.settings(emit_metrics),
