@@ -58,7 +58,8 @@ test("submit a job from the form, watch it finish, read its result", { timeout: 
   assert.ok((await page.locator("#levers tbody tr").count()) >= 1, "no tick recorded");
   const fig5 = page.getByRole("img", { name: /Concurrent invocations per stage/ });
   assert.match(await fig5.getAttribute("aria-label"), /Peak: feed \d+, filter \d+, count \d+, reduce \d+/);
-  assert.ok((await page.locator("details", { hasText: "Numbers: Concurrent" }).locator("tbody tr").count()) > 1);
+  // One row per time bucket (at least 50 ms): a short job may fit in one.
+  assert.ok((await page.locator("details", { hasText: "Numbers: Concurrent" }).locator("tbody tr").count()) >= 1);
   assert.match(await page.locator("#cost-total").textContent(), /^\$\d/);
   assert.equal(await page.locator("canvas").count() >= 3, true, "the charts did not draw");
   await screenshot(page, "job-done");
