@@ -61,6 +61,15 @@ pub struct Ledger<'a> {
 }
 
 const MAX_CONFLICTS: u32 = 64;
+
+/// The wait after the `attempt`-th cancelled transaction that failed no condition: 10 ms
+/// doubling to at most 1 s, jittered over its upper half (as AWS advises for contended
+/// retries), so 64
+/// attempts span about a minute rather than a few round trips.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let cap_ms = 10u64.saturating_mul(1 << attempt.min(7)).min(1_000);
+    std::time::Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+}
 /// Deltas of one commit are combined into one when together they are at most this large
 /// (many small partials); larger ones are referenced as they are (no copy).
 const COMBINE_MAX_BYTES: u64 = 8 << 20;
@@ -215,7 +224,7 @@ impl<'a> Ledger<'a> {
         let mut duplicates = 0;
         // The deltas of the chunk as it was when they were made (redone if it shrinks).
         let mut deltas: Option<(usize, Vec<(Key, Delta)>)> = None;
-        for _ in 0..MAX_CONFLICTS {
+        for attempt in 0..MAX_CONFLICTS {
             if chunk.is_empty() {
                 return Ok((0, duplicates));
             }
@@ -261,6 +270,12 @@ impl<'a> Ledger<'a> {
             match self.store.transact(ops).await {
                 Ok(()) => return Ok((chunk.len() as u64, duplicates)),
                 Err(StoreError::TransactionCanceled { failed }) => {
+                    if !failed.contains(&true) {
+                        // No condition failed: a conflicting transaction, or DynamoDB
+                        // throttled it (`ThrottlingError`; the SDK does not retry a
+                        // cancelled transaction). Trying again at once only adds load.
+                        tokio::time::sleep(conflict_backoff(attempt)).await;
+                    }
                     // Markers that already exist belong to partitions counted before: drop
                     // them and retry the rest. A failed shard condition is a concurrent
                     // reduce on the same shard: retry, likely on another shard.
@@ -459,8 +474,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
     use crate::components::Sum;
     use crate::local::SqliteJobStore;
+
+    #[test]
+    fn conflicts_back_off_exponentially_to_a_second() {
+        let ms = |a| conflict_backoff(a).as_millis();
+        assert!((5..=10).contains(&ms(0)), "{}", ms(0));
+        assert!((40..=80).contains(&ms(3)), "{}", ms(3));
+        for attempt in [7, 20, 63] {
+            assert!((500..=1_000).contains(&ms(attempt)), "{}", ms(attempt));
+        }
+    }
 
     fn store() -> (tempfile::TempDir, Arc<SqliteJobStore>) {
         let dir = tempfile::tempdir().unwrap();
