@@ -19,6 +19,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::Write as _;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -609,21 +610,14 @@ pub async fn fetch_segments(
     deltas: &[Delta],
     r: u32,
 ) -> Result<Vec<Fetched>, KeyedError> {
-    let mut out = Vec::new();
+    // What to read: (object, byte range or the whole object).
+    let mut reads: Vec<(&str, Option<(u64, u64)>)> = Vec::new();
     for delta in deltas {
         for seg in delta.segments.iter().filter(|s| s.field == field.name) {
             if seg.jsonl {
                 // A whole sorted result (a composite's part): every key is in partition 0.
                 if r == 0 {
-                    let bytes = blobs
-                        .get(&seg.object)
-                        .await?
-                        .ok_or_else(|| KeyedError::Missing(seg.object.clone()))?;
-                    out.push(Fetched {
-                        object: seg.object.clone(),
-                        bytes,
-                        jsonl: true,
-                    });
+                    reads.push((&seg.object, None));
                 }
                 continue;
             }
@@ -635,28 +629,55 @@ pub async fn fetch_segments(
                     message: format!("no segment {r} in {} offsets", seg.offsets.len()),
                 });
             };
-            if start == end {
-                continue;
+            if start != end {
+                reads.push((&seg.object, Some((start, end))));
             }
-            let bytes = blobs
-                .get_range(&seg.object, start, end)
-                .await?
-                .ok_or_else(|| KeyedError::Missing(seg.object.clone()))?;
-            if bytes.len() as u64 != end - start {
-                return Err(KeyedError::Corrupt {
-                    object: seg.object.clone(),
-                    message: format!("segment {r} is cut short"),
-                });
-            }
-            out.push(Fetched {
-                object: seg.object.clone(),
-                bytes,
-                jsonl: false,
+        }
+    }
+    // Many in flight (a merge task reads one segment of every delta: thousands at 10^9
+    // messages), in order, so that the merge is deterministic.
+    // The futures made first and then polled as a stream (not made inside a closure
+    // passed to `map`), so the compiler sees one lifetime for their borrows and the whole
+    // stays `Send`.
+    let fetches: Vec<_> = reads
+        .into_iter()
+        .map(|(object, range)| fetch_one(blobs, object, range, r))
+        .collect();
+    futures::stream::iter(fetches)
+        .buffered(FETCHES_IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+async fn fetch_one(
+    blobs: &dyn Blobs,
+    object: &str,
+    range: Option<(u64, u64)>,
+    r: u32,
+) -> Result<Fetched, KeyedError> {
+    let bytes = match range {
+        None => blobs.get(object).await?,
+        Some((start, end)) => blobs.get_range(object, start, end).await?,
+    }
+    .ok_or_else(|| KeyedError::Missing(object.to_owned()))?;
+    if let Some((start, end)) = range {
+        if bytes.len() as u64 != end - start {
+            return Err(KeyedError::Corrupt {
+                object: object.to_owned(),
+                message: format!("segment {r} is cut short"),
             });
         }
     }
-    Ok(out)
+    Ok(Fetched {
+        object: object.to_owned(),
+        bytes,
+        jsonl: range.is_none(),
+    })
 }
+
+/// Segment reads a merge task keeps in flight (as `sluice simulate` assumes of an
+/// invocation's S3 requests).
+const FETCHES_IN_FLIGHT: usize = 16;
 
 /// Combines fetched segments per key.
 pub fn parse_fetched(field: &Field, fetched: &[Fetched]) -> Result<KeyedMap, KeyedError> {
