@@ -222,6 +222,14 @@ impl KeyedMap {
         }
     }
 
+    /// A map with room for `keys` keys before it grows.
+    pub fn with_capacity(op: Op, keys: usize) -> Self {
+        Self {
+            op,
+            entries: HashMap::with_capacity_and_hasher(keys, Hasher::default()),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -762,7 +770,7 @@ pub async fn merge_reduce_partition(
         let fetched = fetch_segments(blobs, field, deltas, r).await?;
         let f = field.clone();
         let (key_bytes, value_bytes, summary) =
-            tokio::task::spawn_blocking(move || parse_fetched(&f, &fetched).map(sorted_bytes))
+            crate::cpu::run(move || parse_fetched(&f, &fetched).map(sorted_bytes))
                 .await
                 .map_err(|e| {
                     KeyedError::malformed(&field.name, format!("the merge panicked: {e}"))

@@ -333,6 +333,15 @@ impl<'a> Ledger<'a> {
             .is_some())
     }
 
+    /// Whether merge task `r` has recorded its parts.
+    pub async fn is_merged(&self, r: u32) -> Result<bool, LedgerError> {
+        Ok(self
+            .store
+            .get(&merged_key(self.job, self.attempt, r))
+            .await?
+            .is_some())
+    }
+
     /// Every item under `pk` whose sort key starts with `prefix`, page by page.
     async fn query_all(
         &self,

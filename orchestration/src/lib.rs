@@ -36,6 +36,7 @@ pub mod api;
 pub mod aws;
 pub mod components;
 pub mod cost;
+pub mod cpu;
 pub mod daemon;
 pub mod envelope;
 pub mod faults;

@@ -50,6 +50,8 @@ enum ItemError {
     Poison(u64),
     #[error("job {0}: {1}")]
     Job(String, String),
+    #[error("the stage's work panicked: {0}")]
+    Panicked(String),
 }
 
 /// What a job's messages need, loaded once per job attempt and cached.
@@ -391,15 +393,16 @@ impl StageHandler {
                         Some(Step::Reduce(_))
                     )
                 });
-                let (mut output, maps) = apply(transform.as_ref(), blobs, payload, keyed).await?;
-                if let Some(delta) = shuffle(
-                    blobs,
-                    &keyed::map_object(&env.job, env.attempt, env.partition),
-                    maps,
-                    ctx.shuffle_partitions,
-                )
-                .await?
-                {
+                let (mut output, maps) =
+                    apply(transform.clone(), blobs, payload, keyed.cloned()).await?;
+                let object = keyed::map_object(&env.job, env.attempt, env.partition);
+                if let Some(delta) = shuffle(blobs, &object, maps, ctx.shuffle_partitions).await? {
+                    if self
+                        .discard_if_ended(&env.job, env.attempt, std::slice::from_ref(&object))
+                        .await?
+                    {
+                        return Ok((env, Effect::Drop));
+                    }
                     if let Some(object) = output.as_object_mut() {
                         object.insert(keyed::SHUFFLE_FIELD.into(), serde_json::json!(delta));
                     }
@@ -433,6 +436,17 @@ impl StageHandler {
             .as_ref()
             .ok_or_else(|| ItemError::Job(env.job.clone(), "the flow is not keyed".into()))?;
         let blobs = self.svc.blobs.as_ref();
+        let ledger = Ledger {
+            store: self.svc.store.as_ref(),
+            job: &env.job,
+            attempt: env.attempt,
+            shards: self.svc.settings.aggregate_shards,
+            keyed: None,
+        };
+        if ledger.is_merged(task.r).await? {
+            // A redelivered task whose first delivery finished: nothing to redo.
+            return Ok(());
+        }
         let manifest = blobs
             .get(&task.manifest)
             .await
@@ -443,13 +457,13 @@ impl StageHandler {
         let summaries =
             keyed::merge_reduce_partition(blobs, spec, &deltas, &env.job, env.attempt, task.r)
                 .await?;
-        let ledger = Ledger {
-            store: self.svc.store.as_ref(),
-            job: &env.job,
-            attempt: env.attempt,
-            shards: self.svc.settings.aggregate_shards,
-            keyed: None,
-        };
+        let parts: Vec<String> = summaries
+            .values()
+            .flat_map(|s| [s.by_key.clone(), s.by_value.clone()])
+            .collect();
+        if self.discard_if_ended(&env.job, env.attempt, &parts).await? {
+            return Ok(());
+        }
         if ledger.record_merged(task.r, &summaries).await?
             && ledger.merged().await?.len() as u32 >= ctx.shuffle_partitions
         {
@@ -459,6 +473,36 @@ impl StageHandler {
         }
         debug!(job = %env.job, r = task.r, "merged");
         Ok(())
+    }
+
+    /// Shuffle objects are deleted at teardown, by prefix. A message that arrives after its
+    /// job ended (a redelivery whose first delivery was counted; a warm function's cached
+    /// context does not know) would write them after that: the writer looks again once it
+    /// has written, and removes what it wrote if the job attempt is over. Teardown starts
+    /// only after the job is terminal, so every write is either before it (and deleted by
+    /// it) or seen here. Returns whether the job attempt had ended.
+    async fn discard_if_ended(
+        &self,
+        job: &str,
+        attempt: u32,
+        objects: &[String],
+    ) -> Result<bool, ItemError> {
+        let id = JobId::parse(job).map_err(|e| ItemError::Job(job.into(), e.to_string()))?;
+        let live = record::load(self.svc.store.as_ref(), &id)
+            .await?
+            .is_some_and(|v| v.record.attempt == attempt && !v.record.status.is_terminal());
+        if live {
+            return Ok(false);
+        }
+        for object in objects {
+            self.svc
+                .blobs
+                .delete(object)
+                .await
+                .map_err(KeyedError::from)?;
+        }
+        debug!(job_id = %job, attempt, objects = objects.len(), "late shuffle output removed");
+        Ok(true)
     }
 
     async fn reduce(&self, job: &str, attempt: u32, items: &[Partial]) -> Result<(), ItemError> {
@@ -515,32 +559,38 @@ impl StageHandler {
 }
 
 /// Applies a transform to a payload (text by reference, or JSON); for the map side of a
-/// keyed flow, also returns the keyed fields as maps (taken out of the output).
+/// keyed flow, also returns the keyed fields as maps (taken out of the output). The
+/// transform is CPU work ([`crate::cpu`]).
 async fn apply(
-    transform: &dyn crate::components::Transform,
+    transform: Arc<dyn crate::components::Transform>,
     blobs: &dyn crate::ports::Blobs,
     payload: Value,
-    keyed: Option<&keyed::Spec>,
+    keyed: Option<keyed::Spec>,
 ) -> Result<(Value, keyed::KeyedFields), ItemError> {
-    let mut output = match blob_lines::resolve(blobs, &payload).await? {
-        Some((text, rest)) => {
-            if keyed.is_some() {
-                if let Some(out) = transform.apply_text_keyed(&text) {
-                    return Ok(out?);
+    let resolved = blob_lines::resolve(blobs, &payload).await?;
+    crate::cpu::run(move || {
+        let mut output = match resolved {
+            Some((text, rest)) => {
+                if keyed.is_some() {
+                    if let Some(out) = transform.apply_text_keyed(&text) {
+                        return Ok(out?);
+                    }
+                }
+                match transform.apply_text(&text) {
+                    Some(output) => output?,
+                    None => transform.apply(blob_lines::lines_payload(&text, rest))?,
                 }
             }
-            match transform.apply_text(&text) {
-                Some(output) => output?,
-                None => transform.apply(blob_lines::lines_payload(&text, rest))?,
-            }
-        }
-        None => transform.apply(payload)?,
-    };
-    let maps = match keyed {
-        Some(spec) => keyed::take_fields(spec, &mut output)?,
-        None => Vec::new(),
-    };
-    Ok((output, maps))
+            None => transform.apply(payload)?,
+        };
+        let maps = match &keyed {
+            Some(spec) => keyed::take_fields(spec, &mut output)?,
+            None => Vec::new(),
+        };
+        Ok((output, maps))
+    })
+    .await
+    .map_err(ItemError::Panicked)?
 }
 
 /// Writes a partition's keyed maps as its shuffle object (nothing when they are empty).
@@ -554,7 +604,10 @@ async fn shuffle(
     if maps.is_empty() {
         return Ok(None);
     }
-    let (bytes, delta) = keyed::shuffle_bytes(&maps, partitions, object);
+    let name = object.to_owned();
+    let (bytes, delta) = crate::cpu::run(move || keyed::shuffle_bytes(&maps, partitions, &name))
+        .await
+        .map_err(ItemError::Panicked)?;
     // Deterministic bytes under a deterministic key: a redelivery rewrites the same object.
     blobs.put(object, bytes).await.map_err(KeyedError::from)?;
     Ok(Some(delta))

@@ -40,7 +40,13 @@ impl Transform for WordCount {
             return None;
         }
         let lines = ascii_lines(text)?;
-        let mut map = KeyedMap::new(Op::Sum);
+        // ASCII, so UTF-8 (checked once here, not per word), and every byte offset is a
+        // character boundary.
+        let text_str = std::str::from_utf8(text).ok()?;
+        // Sized once for the distinct words Heaps' law expects (as R is planned): fewer
+        // rehashes as the map grows.
+        let expected = crate::keyed::heaps_vocabulary(text.len() as u64);
+        let mut map = KeyedMap::with_capacity(Op::Sum, expected.min(1 << 22) as usize);
         let mut lower = Vec::with_capacity(64);
         let mut words = 0u64;
         let mut i = 0;
@@ -62,15 +68,13 @@ impl Transform for WordCount {
             if !alpha {
                 continue;
             }
-            let word = if upper {
+            if upper {
                 lower.clear();
                 lower.extend(text[start..i].iter().map(u8::to_ascii_lowercase));
-                &lower[..]
-            } else {
-                &text[start..i]
-            };
-            // ASCII, so UTF-8.
-            if let Ok(word) = std::str::from_utf8(word) {
+                if let Ok(word) = std::str::from_utf8(&lower) {
+                    map.count(word);
+                }
+            } else if let Some(word) = text_str.get(start..i) {
                 map.count(word);
             }
         }
