@@ -121,6 +121,10 @@ impl StageHandler {
 
         let mut retry: Vec<(String, String, u32)> = Vec::new(); // (message id, receipt, count)
         let mut items = Vec::with_capacity(event.records.len());
+        // Messages with the same body as one before them in the batch (SQS's at-least-once
+        // delivery, a sender's retry): the work is done once, and they share its fate.
+        let mut first_with_body: HashMap<String, usize> = HashMap::new();
+        let mut twins: Vec<(String, String, u32, usize)> = Vec::new();
         for message in event.records {
             let id = message
                 .message_id
@@ -132,6 +136,13 @@ impl StageHandler {
                 .get("ApproximateReceiveCount")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(1);
+            if let Some(body) = &message.body {
+                if let Some(&first) = first_with_body.get(body) {
+                    twins.push((id, receipt, receive_count, first));
+                    continue;
+                }
+                first_with_body.insert(body.clone(), items.len());
+            }
             let span = tracing::debug_span!("message", function = %self.function, message_id = %id);
             items.push((
                 id,
@@ -153,10 +164,13 @@ impl StageHandler {
                 outcomes.push(((id, receipt, count), work.await));
             }
         }
+        // Per processed message: `None` if it succeeded, else the queue to retry it on.
+        let mut failed_on: Vec<Option<Option<String>>> = Vec::with_capacity(outcomes.len());
         for ((id, receipt, receive_count), outcome) in outcomes {
             if let (None, Ok((env, _))) = (&counted, &outcome) {
                 counted = Some((env.job.clone(), env.attempt, env.stage.clone()));
             }
+            failed_on.push(outcome.as_ref().err().map(|(queue, _)| queue.clone()));
             match outcome {
                 Ok((_, Effect::Drop)) => {}
                 Ok((_, Effect::Send(url, out))) => {
@@ -180,6 +194,14 @@ impl StageHandler {
             }
         }
 
+        for (id, receipt, receive_count, first) in twins {
+            if let Some(Some(queue)) = failed_on.get(first) {
+                if let Some(queue) = queue {
+                    retry.push((queue.clone(), receipt, receive_count));
+                }
+                failures.push(id);
+            }
+        }
         for (url, (ids, out)) in sends {
             if let Err(e) = self.send(&url, out).await {
                 warn!(function = %self.function, error = %e, "sending to the next stage failed");

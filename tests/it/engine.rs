@@ -364,3 +364,95 @@ async fn a_job_whose_ticks_are_lost_is_restarted_by_the_sweep() {
     assert_eq!(rec.status, JobStatus::Done);
     assert_eq!(rec.outcome.unwrap().result.unwrap()["total_words"], 2_500);
 }
+
+/// A batch with a message twice (the same body: SQS's at-least-once delivery, or a
+/// sender's retry) does the work once and acknowledges both; a twin of a message that
+/// fails fails with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_messages_in_one_batch_are_processed_once() {
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    use orchestration::daemon::Daemon;
+    use orchestration::flow::Function;
+    use orchestration::services::Tick;
+    use orchestration::worker::StageHandler;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default())
+        .await
+        .unwrap();
+    let svc = engine.services.clone();
+    let id = submit(&svc, &wordcount(40, 10, false), &SubmitOptions::default())
+        .await
+        .unwrap()
+        .id;
+    // The daemon's first steps, by hand: plan, provision, and send the feed its tasks.
+    let daemon = Daemon::new(svc.clone());
+    let rec = loop {
+        daemon
+            .tick(Tick {
+                job: id.clone(),
+                seq: None,
+            })
+            .await
+            .unwrap();
+        let rec = record::load(svc.store.as_ref(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        if rec.stages.len() > 1
+            && svc
+                .queues
+                .counts(&rec.stages[0].queue_url)
+                .await
+                .unwrap()
+                .visible
+                > 0
+        {
+            break rec;
+        }
+    };
+    let (feed, filter) = (&rec.stages[0].queue_url, &rec.stages[1].queue_url);
+    let task = svc
+        .queues
+        .receive(feed, 1, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .remove(0);
+    let message = |id: &str, body: &str| {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(id.into());
+        m.receipt_handle = Some(task.receipt_handle.clone());
+        m.body = Some(body.into());
+        m
+    };
+    let mut batch = SqsEvent::default();
+    batch.records = vec![
+        message("a", &task.body),
+        message("b", &task.body),
+        message("c", "not an envelope"),
+        message("d", "not an envelope"),
+    ];
+    let response = StageHandler::new(svc.clone(), Function::Feed)
+        .handle(batch)
+        .await
+        .unwrap();
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["c", "d"]);
+    // The feed task's partitions were sent once: one task's worth, not two.
+    let sent = svc.queues.counts(filter).await.unwrap().visible;
+    let mut again = SqsEvent::default();
+    again.records = vec![message("e", &task.body)];
+    StageHandler::new(svc.clone(), Function::Feed)
+        .handle(again)
+        .await
+        .unwrap();
+    let twice = svc.queues.counts(filter).await.unwrap().visible;
+    assert!(sent > 0);
+    assert_eq!(twice, 2 * sent, "a lone copy sends as much again");
+}
