@@ -252,21 +252,27 @@ async fn read_region(blobs: &dyn Blobs, spec: &RangeSpec) -> Result<Region, Comp
     if start >= end {
         return Ok(Region::default());
     }
-    // One byte before `start` tells whether a line starts at `start`.
+    // One byte before `start` tells whether a line starts at `start`. Reading a little past
+    // `end` at once usually finishes the last line: one request, and no second read
+    // appended to (and so copying) a full buffer.
     let from = start.saturating_sub(1);
+    let ahead = end.saturating_add(TAIL_CHUNK);
     let mut buf = blobs
-        .get_range(&spec.key, from, end)
+        .get_range(&spec.key, from, ahead)
         .await
         .map_err(blob_error)?
         .ok_or_else(|| missing(&spec.key))?;
     let (rel_start, rel_end) = ((start - from) as usize, (end - from) as usize);
-    let reached_eof = buf.len() < rel_end;
+    let reached_eof = buf.len() < (ahead - from) as usize;
     let owns_a_line = first_line_start(&buf, rel_start).is_some_and(|p| p < rel_end);
-    if owns_a_line && !reached_eof && buf.last() != Some(&b'\n') {
+    let finished = buf
+        .get(rel_end - 1..)
+        .is_some_and(|rest| memchr::memchr(b'\n', rest).is_some());
+    if owns_a_line && !reached_eof && !finished {
         // Finish the last line: read on until a newline or the end of the object.
-        let mut at = end;
-        let mut chunk = TAIL_CHUNK;
-        let mut tail = 0usize;
+        let mut at = ahead;
+        let mut chunk = TAIL_CHUNK.saturating_mul(2);
+        let mut tail = buf.len().saturating_sub(rel_end);
         loop {
             let more = blobs
                 .get_range(&spec.key, at, at + chunk)

@@ -33,7 +33,6 @@ pub mod field {
     /// The retweeted status's text fields, at the same offsets from this as the tweet's
     /// from `TEXT`.
     pub const RETWEETED: usize = 11;
-    pub const NOTICES: usize = 17;
 }
 
 /// The paths of [`field`], in order.
@@ -95,6 +94,9 @@ pub const KEEP_ALIVE: &str = "keep-alive";
 #[derive(Clone, Debug)]
 pub struct TweetReader {
     paths: FieldPaths,
+    /// Read again, for these keys only, when a line is no tweet: a tweet's keys are then
+    /// compared with fewer wanted ones.
+    notices: FieldPaths,
 }
 
 impl Default for TweetReader {
@@ -105,10 +107,11 @@ impl Default for TweetReader {
 
 impl TweetReader {
     pub fn new() -> Self {
-        let paths: Vec<&str> = PATHS.iter().chain(NOTICE_KINDS.iter()).copied().collect();
+        // The paths are constants that do not overlap (unit tests read with them).
+        let compile = |p: &[&str]| FieldPaths::new(p).unwrap_or_else(|e| unreachable!("{e}"));
         Self {
-            // The paths are constants that do not overlap (a unit test reads with them).
-            paths: FieldPaths::new(&paths).unwrap_or_else(|e| unreachable!("{e}")),
+            paths: compile(&PATHS),
+            notices: compile(&NOTICE_KINDS),
         }
     }
 
@@ -133,11 +136,17 @@ impl TweetReader {
                 Line::Tweet { created_at }
             }
             Some(_) => Line::Malformed,
-            None => NOTICE_KINDS
-                .iter()
-                .enumerate()
-                .find(|(i, _)| fields[field::NOTICES + i].is_some())
-                .map_or(Line::Malformed, |(_, kind)| Line::Notice(kind)),
+            None => {
+                let mut kinds = self.notices.slots();
+                if self.notices.read(line, &mut kinds).is_err() {
+                    return Line::Malformed;
+                }
+                NOTICE_KINDS
+                    .iter()
+                    .zip(&kinds)
+                    .find(|(_, v)| v.is_some())
+                    .map_or(Line::Malformed, |(kind, _)| Line::Notice(kind))
+            }
         }
     }
 }
