@@ -336,11 +336,18 @@ fn the_real_sample_is_counted_as_documented() {
         let text = placed.join("\n");
         let got = m.apply_text(text.as_bytes(), &Map::new()).unwrap().unwrap();
         let lines = placed.iter().map(|l| (l.as_str(), None));
-        assert_eq!(got, expected(lines, "US", keywords, retweets), "retweets={retweets}");
+        assert_eq!(
+            got,
+            expected(lines, "US", keywords, retweets),
+            "retweets={retweets}"
+        );
         let n = |k: &str| got[k].as_u64().unwrap();
         assert!(n("matching_retweets") > 20, "{got}");
         if !retweets {
-            assert_eq!(n("matching"), got["cities"]["Here, US"].as_u64().unwrap_or(0));
+            assert_eq!(
+                n("matching"),
+                got["cities"]["Here, US"].as_u64().unwrap_or(0)
+            );
         }
     }
     assert!(
