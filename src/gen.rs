@@ -221,8 +221,9 @@ pub async fn run(state_dir: &Path, command: GenCommand) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "wrote {} tweets (+{} malformed lines) for {} days ({} to {}) in {} objects, {:.1} MB",
+        "wrote {} tweets (+{} notices, {} malformed lines) for {} days ({} to {}) in {} objects, {:.1} MB",
         summary.tweets,
+        summary.notices,
         summary.malformed_lines,
         summary.days,
         options.from,

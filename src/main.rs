@@ -239,6 +239,12 @@ enum JobCommand {
         /// Input bytes per partition (1 KiB to 16 MiB; default 4 MiB).
         #[arg(long)]
         partition_bytes: Option<u64>,
+        /// Leave matching retweets out of the counts (they are still reported apart).
+        #[arg(long)]
+        no_retweets: bool,
+        /// Count a day without data as empty (named in `missing_days`) instead of failing.
+        #[arg(long)]
+        allow_missing_days: bool,
         #[command(flatten)]
         options: JobOptions,
     },
@@ -313,6 +319,8 @@ impl JobCommand {
                 to,
                 keywords,
                 partition_bytes,
+                no_retweets,
+                allow_missing_days,
                 options,
             } => {
                 let mut params = json!({ "country": country, "from": from, "to": to });
@@ -321,6 +329,12 @@ impl JobCommand {
                 }
                 if let Some(bytes) = partition_bytes {
                     params["partition_bytes"] = json!(bytes);
+                }
+                if *no_retweets {
+                    params["include_retweets"] = json!(false);
+                }
+                if *allow_missing_days {
+                    params["allow_missing_days"] = json!(true);
                 }
                 let request = JobRequest {
                     job_type: "fire-tweets".into(),

@@ -8,6 +8,7 @@
 //! - [`flow`]: flows (ordered stages), the Lambda functions, the job-type registry.
 //! - [`jobs`]: the job types sluice ships (`wordcount`, `fire-tweets`).
 //! - [`components`]: reusable sources, transforms and reduces.
+//! - [`jsonl`]: reading only the fields a job needs from JSON lines (sonic-rs, SIMD).
 //! - [`tweets`]: tweets in the Twitter v1.1 format: reading, keyword matching, dates, and
 //!   the generator behind `sluice gen tweets`.
 //! - [`envelope`]: the message every stage queue carries; claim-checks for large payloads.
@@ -43,6 +44,7 @@ pub mod faults;
 pub mod flow;
 pub mod job;
 pub mod jobs;
+pub mod jsonl;
 pub mod keyed;
 pub mod ledger;
 pub mod local;

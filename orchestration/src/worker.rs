@@ -598,7 +598,7 @@ async fn apply(
                         return Ok(out?);
                     }
                 }
-                match transform.apply_text(&text) {
+                match transform.apply_text(&text, &rest) {
                     Some(output) => output?,
                     None => transform.apply(blob_lines::lines_payload(&text, rest))?,
                 }

@@ -89,6 +89,10 @@ pub enum Experiment {
         #[arg(long, default_value = "")]
         per_word_faults: String,
     },
+    /// fire-tweets against DuckDB on the same generated files, with the same semantics:
+    /// both times (wall, CPU-s), their ratio, MB/s per core, and both answers (which must
+    /// agree).
+    FireTweets(super::tweets::FireTweetsArgs),
     /// p50/p99 latency of a cached result over local HTTP (the paper: about 600 ms).
     CachedApi {
         #[arg(long, default_value_t = 1000)]
@@ -127,6 +131,7 @@ pub async fn run(experiment: Experiment, out: &Output) -> Result<i32> {
             throughput(messages, &partition_sizes, text_mib, per_word, out).await
         }
         Experiment::CachedApi { requests } => cached_api(requests, out).await,
+        Experiment::FireTweets(args) => super::tweets::run(&args, out).await,
     }
 }
 

@@ -5,6 +5,7 @@
 mod experiments;
 pub mod simulate;
 mod text;
+pub mod tweets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

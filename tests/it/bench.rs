@@ -198,3 +198,42 @@ fn bench_throughput_counts_text_exactly_against_the_hand_loop() {
     // Rows: two partition sizes, the text, the per-word corpus.
     assert_eq!(written(dir.path(), "throughput", &["throughput"]).len(), 4);
 }
+
+/// `sluice bench fire-tweets` at a tiny size: the job and DuckDB (from the project's .venv)
+/// count the same generated files, and their answers agree (the command fails otherwise).
+#[test]
+fn fire_tweets_bench_agrees_with_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::var("SLUICE_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let args = [
+        "fire-tweets",
+        "--tweets",
+        "20000",
+        "--days",
+        "2",
+        "--data",
+        data,
+        "--python",
+        &python,
+    ];
+    let out = bench(dir.path(), &args);
+    assert_eq!(out["experiment"], "fire-tweets");
+    assert_eq!(out["tweets"], 40_000);
+    let (sluice, duckdb) = (&out["sluice"], &out["duckdb"]);
+    assert_eq!(sluice["cities"], duckdb["cities"]);
+    assert_eq!(sluice["matching"], duckdb["matching"]);
+    assert!(sluice["matching"].as_u64().unwrap() > 100, "{out}");
+    assert!(
+        !sluice["unattributed"].as_object().unwrap().is_empty(),
+        "{out}"
+    );
+    assert!(out["ratio"].as_f64().unwrap() > 0.0);
+    let rows = written(dir.path(), "fire-tweets", &[]);
+    assert_eq!(rows.len(), 2);
+    // The data is reused by a second run (same options): no generation, same answer.
+    let again = bench(dir.path(), &args);
+    assert_eq!(again["sluice"]["cities"], sluice["cities"]);
+}

@@ -13,6 +13,7 @@ use orchestration::submit::{submit, Disposition, SubmitOptions};
 use orchestration::tweets::{generate, Day, GenOptions};
 use serde_json::{json, Value};
 
+use crate::real_tweets::{expected, Folder};
 use crate::support::{sluice, sluice_json};
 
 const FROM: &str = "2018-11-01";
@@ -33,29 +34,23 @@ fn options(per_day: u64, gzip: bool) -> GenOptions {
     }
 }
 
-/// `created_at` ("Thu Nov 01 12:34:56 +0000 2018") → (year, month, day), written out here
-/// rather than borrowed from the code under test.
-fn created_on(created_at: &str) -> Option<(i64, i64, i64)> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let f: Vec<&str> = created_at.split(' ').collect();
-    if f.len() != 6 || f[4] != "+0000" || f[3].len() != 8 || f[2].len() != 2 {
-        return None;
-    }
-    let month = MONTHS.iter().position(|m| *m == f[1])? as i64 + 1;
-    Some((f[5].parse().ok()?, month, f[2].parse().ok()?))
-}
-
 /// What fire-tweets with the default keywords must answer, computed the obvious way: every
-/// line of every object under each day's folder, parsed with serde_json; a tweet counts for
-/// its folder's day only if it was created that day.
+/// line of every object under each day's folder, counted by the plain loop that implements
+/// the README's rules (`real_tweets::expected`). The day after the range is not generated.
 fn expected_from_files(blob_root: &Path, country: &str, days: &[&str]) -> Value {
-    let (mut scanned, mut malformed, mut outside, mut in_country, mut matching) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut cities: BTreeMap<String, u64> = BTreeMap::new();
-    for d in days {
-        let folder_day: Vec<i64> = d.split('-').map(|x| x.parse().unwrap()).collect();
+    let ymd = |d: &str| -> (i64, i64, i64) {
+        let v: Vec<i64> = d.split('-').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    };
+    let mut lines: Vec<(String, usize)> = Vec::new();
+    let mut folders = Vec::new();
+    for (i, d) in days.iter().enumerate() {
+        let before = day(d).plus(-1).ymd();
+        folders.push(Folder {
+            day: ymd(d),
+            before,
+            before_in_range: i > 0,
+        });
         let mut files: Vec<_> = std::fs::read_dir(blob_root.join("tweets").join(d))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -73,53 +68,14 @@ fn expected_from_files(blob_root: &Path, country: &str, days: &[&str]) -> Value 
                 raw
             };
             let text = String::from_utf8(bytes).unwrap();
-            for line in text.lines() {
-                let tweet = serde_json::from_str::<Value>(line).ok().and_then(|v| {
-                    let on = created_on(v["created_at"].as_str()?)?;
-                    v["text"].is_string().then_some((v, on))
-                });
-                let Some((t, (y, m, dd))) = tweet else {
-                    malformed += 1;
-                    continue;
-                };
-                scanned += 1;
-                if [y, m, dd] != folder_day[..] {
-                    outside += 1;
-                    continue;
-                }
-                if t["place"]["country_code"] != country {
-                    continue;
-                }
-                in_country += 1;
-                // The default keywords: fire, "fire truck", "fire engine", #fire. Every
-                // phrase contains the word "fire"; as hashtags, they are these.
-                let lower = t["text"].as_str().unwrap().to_lowercase();
-                let word_fire = lower
-                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                    .any(|w| w == "fire");
-                let tag_fire = t["entities"]["hashtags"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|h| h["text"].as_str().unwrap().to_lowercase())
-                    .any(|h| ["fire", "firetruck", "fireengine"].contains(&h.as_str()));
-                if word_fire || tag_fire {
-                    matching += 1;
-                    *cities
-                        .entry(t["place"]["name"].as_str().unwrap().to_owned())
-                        .or_default() += 1;
-                }
-            }
+            lines.extend(text.lines().map(|l| (l.to_owned(), i)));
         }
     }
-    json!({
-        "cities": cities,
-        "matching": matching,
-        "tweets_in_country": in_country,
-        "tweets_scanned": scanned,
-        "tweets_outside_range": outside,
-        "malformed_lines": malformed,
-    })
+    let lines = lines.iter().map(|(l, i)| (l.as_str(), Some(&folders[*i])));
+    // The default keywords: fire, "fire truck", "fire engine", #fire. As one-word keywords
+    // they are these (a phrase holds the word `fire`; as hashtags, they are these).
+    let keywords = ["fire", "#firetruck", "#fireengine"];
+    expected(lines, country, &keywords, true)
 }
 
 fn fire_tweets(params: Value) -> JobRequest {
@@ -510,4 +466,29 @@ async fn cli_generates_and_counts() {
     assert_eq!(missing["status"], "failed");
     let error = missing["error"].as_str().unwrap_or_default();
     assert!(error.contains("tweets/2018-11-04/"), "{missing}");
+
+    // Unless the request allows it: the day then counts as empty, and is named.
+    let (allowed, out) = sluice_json(
+        dir.path(),
+        &[
+            "run",
+            "fire-tweets",
+            "--country",
+            "GB",
+            "--from",
+            TO,
+            "--to",
+            "2018-11-04",
+            "--allow-missing-days",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{allowed}");
+    assert_eq!(allowed["result"]["missing_days"], json!({"2018-11-04": 1}));
+    let whole = orchestration::keyed::expand(&blobs, &allowed["result"])
+        .await
+        .unwrap();
+    let mut expected = expected_from_files(&dir.path().join("blobs"), "GB", &[TO]);
+    expected["missing_days"] = json!({"2018-11-04": 1});
+    assert_eq!(whole, expected);
 }

@@ -54,11 +54,18 @@ const TAIL_CHUNK: u64 = 64 * 1024;
 pub struct BlobLines {
     /// Every object under any of these prefixes is read once (prefixes may overlap).
     pub prefixes: Vec<String>,
+    /// Read as well, but nothing is wrong when one holds no objects (the day after a range
+    /// of days, say).
+    pub optional_prefixes: Vec<String>,
     pub range_bytes: u64,
     /// Emit `{"range": {...}, "prefix": ...}` for plain objects instead of their lines: the
     /// text stays in the blob store and the first stage that reads it fetches its range
     /// ([`resolve`]). Stages that pass a partition through never touch its bytes.
     pub by_reference: bool,
+    /// A prefix of `prefixes` without objects fails the plan (a typo, a missing day) unless
+    /// this is set: then it is one partition `{"lines": [], "prefix": p, "empty": true}`,
+    /// for the next stage to name.
+    pub allow_empty: bool,
 }
 
 /// A feed task's detail: the object and the byte range of it the task reads. For a gzip
@@ -92,8 +99,10 @@ impl BlobLines {
     pub fn new(prefixes: Vec<String>) -> Self {
         Self {
             prefixes,
+            optional_prefixes: Vec::new(),
             range_bytes: DEFAULT_RANGE_BYTES,
             by_reference: false,
+            allow_empty: false,
         }
     }
 
@@ -177,7 +186,8 @@ impl BlobLines {
     /// `{"prefix": ...}`: the first of the source's prefixes that holds `key`.
     fn prefix_field(&self, key: &str) -> serde_json::Map<String, Value> {
         let mut fields = serde_json::Map::new();
-        if let Some(prefix) = self.prefixes.iter().find(|p| key.starts_with(p.as_str())) {
+        let mut all = self.prefixes.iter().chain(&self.optional_prefixes);
+        if let Some(prefix) = all.find(|p| key.starts_with(p.as_str())) {
             fields.insert("prefix".into(), Value::String(prefix.clone()));
         }
         fields
@@ -197,7 +207,7 @@ impl BlobLines {
 pub async fn resolve(
     blobs: &dyn Blobs,
     payload: &Value,
-) -> Result<Option<(Vec<u8>, serde_json::Map<String, Value>)>, ComponentError> {
+) -> Result<Option<(Region, serde_json::Map<String, Value>)>, ComponentError> {
     let Some(range) = payload.get("range") else {
         return Ok(None);
     };
@@ -219,27 +229,50 @@ pub fn lines_payload(region: &[u8], mut rest: serde_json::Map<String, Value>) ->
     Value::Object(rest)
 }
 
+/// The bytes of a run of whole lines, where they were read: a range's read begins with the
+/// end of a line it does not own, and moving 4 MiB to drop those few bytes cost more than
+/// the rest of its handling.
+#[derive(Debug, Default)]
+pub struct Region {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl std::ops::Deref for Region {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// The bytes of the lines that start in the spec's range (module docs).
-async fn read_region(blobs: &dyn Blobs, spec: &RangeSpec) -> Result<Vec<u8>, ComponentError> {
+async fn read_region(blobs: &dyn Blobs, spec: &RangeSpec) -> Result<Region, ComponentError> {
     let (start, end) = (spec.start, spec.end);
     if start >= end {
-        return Ok(Vec::new());
+        return Ok(Region::default());
     }
-    // One byte before `start` tells whether a line starts at `start`.
+    // One byte before `start` tells whether a line starts at `start`. Reading a little past
+    // `end` at once usually finishes the last line: one request, and no second read
+    // appended to (and so copying) a full buffer.
     let from = start.saturating_sub(1);
+    let ahead = end.saturating_add(TAIL_CHUNK);
     let mut buf = blobs
-        .get_range(&spec.key, from, end)
+        .get_range(&spec.key, from, ahead)
         .await
         .map_err(blob_error)?
         .ok_or_else(|| missing(&spec.key))?;
     let (rel_start, rel_end) = ((start - from) as usize, (end - from) as usize);
-    let reached_eof = buf.len() < rel_end;
+    let reached_eof = buf.len() < (ahead - from) as usize;
     let owns_a_line = first_line_start(&buf, rel_start).is_some_and(|p| p < rel_end);
-    if owns_a_line && !reached_eof && buf.last() != Some(&b'\n') {
+    let finished = buf
+        .get(rel_end - 1..)
+        .is_some_and(|rest| memchr::memchr(b'\n', rest).is_some());
+    if owns_a_line && !reached_eof && !finished {
         // Finish the last line: read on until a newline or the end of the object.
-        let mut at = end;
-        let mut chunk = TAIL_CHUNK;
-        let mut tail = 0usize;
+        let mut at = ahead;
+        let mut chunk = TAIL_CHUNK.saturating_mul(2);
+        let mut tail = buf.len().saturating_sub(rel_end);
         loop {
             let more = blobs
                 .get_range(&spec.key, at, at + chunk)
@@ -262,8 +295,7 @@ async fn read_region(blobs: &dyn Blobs, spec: &RangeSpec) -> Result<Vec<u8>, Com
     }
     let (p, q) = owned_bounds(&buf, rel_start, rel_end);
     buf.truncate(q);
-    buf.drain(..p);
-    Ok(buf)
+    Ok(Region { buf, start: p })
 }
 
 /// Where the first line starting at or after `start` begins, if one does (before the end).
@@ -326,15 +358,23 @@ impl Source for BlobLines {
             )));
         }
         let mut objects = BTreeMap::new();
+        let mut empty = Vec::new();
         for prefix in &self.prefixes {
             let listed = ctx.blobs.list_sizes(prefix).await.map_err(blob_error)?;
             // An empty prefix is almost always a typo or a missing day, which must not pass
             // for "no records".
             if listed.is_empty() {
-                return Err(ComponentError::Malformed(format!(
-                    "no objects under `{prefix}`"
-                )));
+                if !self.allow_empty {
+                    return Err(ComponentError::Malformed(format!(
+                        "no objects under `{prefix}`"
+                    )));
+                }
+                empty.push(prefix.clone());
             }
+            objects.extend(listed.into_iter().map(|o| (o.key, o.size)));
+        }
+        for prefix in &self.optional_prefixes {
+            let listed = ctx.blobs.list_sizes(prefix).await.map_err(blob_error)?;
             objects.extend(listed.into_iter().map(|o| (o.key, o.size)));
         }
         let mut tasks = Vec::new();
@@ -356,6 +396,14 @@ impl Source for BlobLines {
                 next += 1;
             }
         }
+        for prefix in empty {
+            tasks.push(FeedTask {
+                first: next,
+                count: 1,
+                spec: serde_json::json!({ "empty": prefix }),
+            });
+            next += 1;
+        }
         debug!(partitions = next, tasks = tasks.len(), "blob-lines planned");
         Ok(Plan {
             total_partitions: next,
@@ -369,6 +417,13 @@ impl Source for BlobLines {
         task: &FeedTask,
         ctx: &SourceContext,
     ) -> Result<Vec<Partition>, ComponentError> {
+        if let Some(prefix) = task.spec.get("empty").and_then(Value::as_str) {
+            let payload = serde_json::json!({"lines": [], "prefix": prefix, "empty": true});
+            return Ok(vec![Partition {
+                index: task.first,
+                payload,
+            }]);
+        }
         let spec: RangeSpec = serde_json::from_value(task.spec.clone())
             .map_err(|e| ComponentError::Malformed(format!("blob-lines task: {e}")))?;
         if spec.gzip {
@@ -469,6 +524,8 @@ mod tests {
 
     fn source(prefix: &str, range_bytes: u64) -> BlobLines {
         BlobLines {
+            optional_prefixes: Vec::new(),
+            allow_empty: false,
             prefixes: vec![prefix.into()],
             range_bytes,
             by_reference: false,
@@ -523,7 +580,7 @@ mod tests {
                     let by_lines = lines_payload(&text, rest);
                     assert_eq!(by_lines["lines"], v["lines"], "{content:?} at {range}");
                     let wc = crate::components::WordCount::default();
-                    if let Some(out) = wc.apply_text(&text) {
+                    if let Some(out) = wc.apply_text(&text, &Default::default()) {
                         assert_eq!(out.unwrap(), wc.apply(by_lines).unwrap(), "{content:?}");
                     } else {
                         assert!(!content.is_ascii(), "{content:?}: ASCII has a fast path");
@@ -664,6 +721,8 @@ mod tests {
             f.ctx.blobs.put(key, vec![b'x'; size]).await.unwrap();
         }
         let s = BlobLines {
+            optional_prefixes: Vec::new(),
+            allow_empty: false,
             prefixes: vec!["p/1/".into(), "p/".into(), "p/2/".into()],
             range_bytes: 4096,
             by_reference: false,
@@ -700,6 +759,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("nothing/"), "{err}");
+        // Optional prefixes may be empty; allowed empty ones are named in a partition.
+        let lenient = BlobLines {
+            prefixes: vec!["p/2/".into(), "nothing/".into()],
+            optional_prefixes: vec!["p/1/".into(), "none/".into()],
+            range_bytes: 4096,
+            allow_empty: true,
+            ..BlobLines::new(Vec::new())
+        };
+        let plan = lenient.plan(&f.ctx).await.unwrap();
+        assert_eq!(plan.total_partitions, 6);
+        let marker = lenient.emit(&plan.tasks[5], &f.ctx).await.unwrap();
+        assert_eq!(
+            marker[0].payload,
+            serde_json::json!({"lines": [], "prefix": "nothing/", "empty": true})
+        );
+        assert_eq!(marker[0].index, 5);
+        let from_optional = lenient.emit(&plan.tasks[0], &f.ctx).await.unwrap();
+        assert_eq!(from_optional[0].payload["prefix"], "p/1/");
 
         // A task for an object deleted since the plan is poison, not a retry loop.
         f.ctx.blobs.delete("p/2/c").await.unwrap();

@@ -94,7 +94,12 @@ pub trait Transform: Send + Sync {
     /// The output for a partition given as text (the bytes of its whole lines, from a
     /// source that emits references), when the transform can work on bytes directly; `None`
     /// to be given `{"lines": [...]}` instead. Must agree with [`Transform::apply`].
-    fn apply_text(&self, _text: &[u8]) -> Option<Result<Value, ComponentError>> {
+    /// `fields` are the payload's other fields (`prefix`, say).
+    fn apply_text(
+        &self,
+        _text: &[u8],
+        _fields: &serde_json::Map<String, Value>,
+    ) -> Option<Result<Value, ComponentError>> {
         None
     }
 

@@ -21,7 +21,11 @@ pub struct WordCount {
 impl Transform for WordCount {
     /// Counts lines and words in one pass over the bytes when they are ASCII and no line is
     /// longer than `blob-lines` keeps (it would cut it); otherwise the lines path decides.
-    fn apply_text(&self, text: &[u8]) -> Option<Result<Value, ComponentError>> {
+    fn apply_text(
+        &self,
+        text: &[u8],
+        _fields: &serde_json::Map<String, Value>,
+    ) -> Option<Result<Value, ComponentError>> {
         if self.per_word || !text.is_ascii() {
             return None;
         }

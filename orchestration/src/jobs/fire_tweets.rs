@@ -1,9 +1,9 @@
 //! `fire-tweets`: the paper's motivating application. Counts, per city, the tweets from one
 //! country in a range of days that mention a fire (or any other keywords).
 //!
-//! The flow: `blob-lines` over `tweets/{day}/` for each day → `tweet-match` (parse, filter,
-//! count per city) → `sum`. Nothing here is engine code: a parameter schema, and a flow of
-//! components.
+//! The flow: `blob-lines` over `tweets/{day}/` for each day and the day after (for tweets
+//! filed late), by reference → `tweet-match` (read the needed fields, filter, count per city)
+//! → `sum`. Nothing here is engine code: a parameter schema, and a flow of components.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Params {
     pub to: Day,
     pub keywords: Keywords,
     pub partition_bytes: u64,
+    pub include_retweets: bool,
+    pub allow_missing_days: bool,
 }
 
 impl Params {
@@ -93,6 +95,8 @@ pub fn read(params: &Value) -> Result<(Params, Value), ValidationError> {
         MAX_RANGE_BYTES,
         Some(DEFAULT_RANGE_BYTES),
     )?;
+    let include_retweets = r.boolean("include_retweets", true)?;
+    let allow_missing_days = r.boolean("allow_missing_days", false)?;
     let mut normalized = r.finish()?;
     normalized["keywords"] = Value::from(keywords.normalized());
     Ok((
@@ -102,6 +106,8 @@ pub fn read(params: &Value) -> Result<(Params, Value), ValidationError> {
             to,
             keywords,
             partition_bytes,
+            include_retweets,
+            allow_missing_days,
         },
         normalized,
     ))
@@ -113,8 +119,11 @@ impl JobType for FireTweets {
     }
 
     /// 2: `cities` is a keyed result (a summary and sorted objects).
+    /// 3: real-data semantics: notices, retweets on their full text, cities by full name and
+    /// city places only, HTML entities decoded, late tweets from the next day's folder,
+    /// missing days named.
     fn flow_version(&self) -> u32 {
-        2
+        3
     }
 
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError> {
@@ -140,6 +149,10 @@ impl JobType for FireTweets {
                     "description": "Keywords or phrases, #tag for a hashtag"},
                 "partition_bytes": {"type": "integer", "minimum": MIN_RANGE_BYTES, "maximum": MAX_RANGE_BYTES,
                     "default": DEFAULT_RANGE_BYTES, "description": "Input bytes per partition"},
+                "include_retweets": {"type": "boolean", "default": true,
+                    "description": "Count matching retweets (matched on the retweeted status's full text; reported apart as matching_retweets either way)"},
+                "allow_missing_days": {"type": "boolean", "default": false,
+                    "description": "Count a day without data as empty (named in missing_days) instead of failing the job"},
             },
         })
     }
@@ -165,8 +178,13 @@ impl JobType for FireTweets {
 
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError> {
         let (p, _) = read(params)?;
-        let day_of_prefix: BTreeMap<String, Day> = p.days().map(|d| (day_prefix(d), d)).collect();
+        let mut day_of_prefix: BTreeMap<String, Day> =
+            p.days().map(|d| (day_prefix(d), d)).collect();
         let days = day_of_prefix.len() as u64;
+        let prefixes: Vec<String> = day_of_prefix.keys().cloned().collect();
+        // The day after the range: its folder holds the last day's tweets filed late.
+        let next = day_prefix(p.to.plus(1));
+        day_of_prefix.insert(next.clone(), p.to.plus(1));
         let stage = |function: Function, name: &str, component, step| Stage {
             name: name.to_owned(),
             function,
@@ -183,10 +201,13 @@ impl JobType for FireTweets {
                     Function::Feed,
                     "feed",
                     "blob-lines",
+                    // By reference: the match stage reads each range's bytes in place.
                     Step::Source(Arc::new(BlobLines {
-                        by_reference: false,
-                        prefixes: day_of_prefix.keys().cloned().collect(),
+                        by_reference: true,
+                        prefixes,
+                        optional_prefixes: vec![next],
                         range_bytes: p.partition_bytes,
+                        allow_empty: p.allow_missing_days,
                     })),
                 ),
                 stage(
@@ -198,6 +219,7 @@ impl JobType for FireTweets {
                         from: p.from,
                         to: p.to,
                         keywords: p.keywords,
+                        include_retweets: p.include_retweets,
                         day_of_prefix,
                     })),
                 ),
@@ -284,6 +306,14 @@ mod tests {
         check(with("keywords", json!(["#two words"])), "params.keywords");
         check(with("keywords", json!(vec!["a"; 51])), "params.keywords");
         check(with("partition_bytes", json!(10)), "params.partition_bytes");
+        check(
+            with("include_retweets", json!("no")),
+            "params.include_retweets",
+        );
+        check(
+            with("allow_missing_days", json!(1)),
+            "params.allow_missing_days",
+        );
         check(with("limit", json!(3)), "params.limit");
         check(json!([]), "params");
     }
@@ -295,7 +325,8 @@ mod tests {
             n,
             json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-03",
                    "keywords": ["#fire", "fire", "fire engine", "fire truck"],
-                   "partition_bytes": DEFAULT_RANGE_BYTES})
+                   "partition_bytes": DEFAULT_RANGE_BYTES, "include_retweets": true,
+                   "allow_missing_days": false})
         );
         // Same keywords in another order and case: the same job.
         let again = FireTweets

@@ -29,7 +29,8 @@ mod tests {
             (
                 "fire-tweets",
                 vec![
-                    json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-01", "keywords": ["fire"], "partition_bytes": 4096}),
+                    json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-01", "keywords": ["fire"], "partition_bytes": 4096,
+                           "include_retweets": false, "allow_missing_days": true}),
                 ],
             ),
         ];

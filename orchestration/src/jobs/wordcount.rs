@@ -181,6 +181,7 @@ impl JobType for Wordcount {
                     prefixes: vec![prefix],
                     range_bytes,
                     by_reference: true,
+                    ..BlobLines::new(Vec::new())
                 })),
             ),
         };

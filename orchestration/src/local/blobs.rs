@@ -147,8 +147,10 @@ fn get_range_blocking(path: &Path, start: u64, end: u64) -> io::Result<Option<Ve
         return Ok(None);
     }
     // Objects are replaced by rename, never written in place: this handle reads one version.
+    // Sized up front: growing a Vec while reading a 4 MiB range copies it over and over.
+    let size = file.metadata()?.len();
     file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(end.min(size).saturating_sub(start) as usize);
     file.take(end.saturating_sub(start))
         .read_to_end(&mut bytes)?;
     Ok(Some(bytes))

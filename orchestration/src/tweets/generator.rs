@@ -8,8 +8,17 @@
 //!   a third of them in one GB city per day (an incident), and 2.5% are near misses
 //!   (`Firefox`, `fired`, `bonfire night`, `ceasefire`, `fireworks`, `🔥`);
 //! - users have homes, display names, free-text locations naming other cities, replies;
-//! - about one line in 4,000 is not a tweet: a truncated write, an HTML error page, a
-//!   streaming `limit` notice, an ISO date where Twitter's format belongs;
+//! - about one line in 4,000 is not a tweet: a truncated write, an HTML error page, an ISO
+//!   date where Twitter's format belongs;
+//! - the stream's notices come between tweets: `delete` (one line in 150), `limit`, a rare
+//!   `scrub_geo` or `status_withheld`, and blank keep-alive lines;
+//! - a fifth of tweets are retweets, whose text is cut (`RT @name: …`) and whose retweeted
+//!   status holds the whole text (in `extended_tweet` when it is long); a few long tweets are
+//!   in compatibility mode (`extended_tweet`), and some were fetched without it (`truncated`,
+//!   no full text at all);
+//! - most places are cities, but some are admin areas, countries, points of interest and
+//!   neighborhoods, as Twitter attributes them;
+//! - texts are HTML-escaped as Twitter sends them (`&amp;`, `&lt;`, `&gt;`);
 //! - a day is filed by collection time: its first part starts with up to 3 tweets created
 //!   in the last two seconds of the day before.
 //!
@@ -45,6 +54,26 @@ const MALFORMED_ONE_IN: u32 = 4_000;
 const FIRE_RATE: f64 = 0.01;
 const NEAR_MISS_RATE: f64 = 0.025;
 const PLACED_RATE: f64 = 0.6;
+const RETWEET_RATE: f64 = 0.2;
+/// Of the tweets that are not retweets, these are long (over 140 characters)...
+const LONG_RATE: f64 = 0.05;
+/// ...and of the long ones, these were fetched without extended mode: cut, no full text.
+const NO_EXTENDED_SHARE: f64 = 0.2;
+/// Notices: about one line in this many.
+const DELETE_ONE_IN: u32 = 150;
+const LIMIT_ONE_IN: u32 = 4_000;
+const KEEP_ALIVE_ONE_IN: u32 = 5_000;
+const RARE_NOTICE_ONE_IN: u32 = 50_000;
+/// Of the placed tweets, the shares of place types other than `city` (per 1,000).
+const ADMIN_PER_MILLE: u32 = 115;
+const POI_PER_MILLE: u32 = 20;
+const NEIGHBORHOOD_PER_MILLE: u32 = 10;
+const COUNTRY_PER_MILLE: u32 = 5;
+/// Text that makes a tweet long, before its topic (no keyword, no near miss in it).
+const LEADS: &[&str] = &[
+    "Quick update for everyone who keeps asking what is happening this evening, I have been out and about for most of the afternoon and here it is: ",
+    "Long day, long thread, sorry in advance to anyone who follows me for the cat pictures, but this needs saying and it needs saying properly now: ",
+];
 /// Of the fire tweets, this share come from the day's incident city.
 const INCIDENT_SHARE: f64 = 0.35;
 const USERS: u64 = 250_000;
@@ -145,6 +174,8 @@ pub struct GenSummary {
     pub objects: u64,
     pub tweets: u64,
     pub malformed_lines: u64,
+    /// Stream notices and keep-alive lines, between the tweets.
+    pub notices: u64,
     /// Bytes written (compressed, with `--gzip`).
     pub bytes: u64,
     /// Objects left from an earlier `gen` under the same days, deleted so a day holds only
@@ -158,6 +189,7 @@ pub struct Part {
     pub bytes: Vec<u8>,
     pub tweets: u64,
     pub malformed_lines: u64,
+    pub notices: u64,
 }
 
 /// Writes every part of every day through `blobs`, then deletes whatever else was under
@@ -180,6 +212,7 @@ pub async fn generate(blobs: &dyn Blobs, opts: &GenOptions) -> Result<GenSummary
                     objects: 1,
                     tweets: part.tweets,
                     malformed_lines: part.malformed_lines,
+                    notices: part.notices,
                     bytes: part.bytes.len() as u64,
                     ..GenSummary::default()
                 };
@@ -192,6 +225,7 @@ pub async fn generate(blobs: &dyn Blobs, opts: &GenOptions) -> Result<GenSummary
             acc.objects += s.objects;
             acc.tweets += s.tweets;
             acc.malformed_lines += s.malformed_lines;
+            acc.notices += s.notices;
             acc.bytes += s.bytes;
             Ok(acc)
         })
@@ -251,6 +285,7 @@ pub fn render_part(opts: &GenOptions, day: Day, part: u64) -> Result<Part, GenEr
 
     let mut out = Vec::with_capacity(count as usize * 1_100);
     let mut malformed_lines = 0;
+    let mut notices = 0;
     for (i, &ms) in times.iter().enumerate() {
         let id = (((ms - SNOWFLAKE_EPOCH_MS) as u64) << 22) | (worker << 12) | (i as u64 & 0xFFF);
         let tweet = world.tweet(&mut rng, id, ms);
@@ -259,6 +294,11 @@ pub fn render_part(opts: &GenOptions, day: Day, part: u64) -> Result<Part, GenEr
             out.extend_from_slice(&malformed(&mut rng, &tweet, &line, ms));
             out.push(b'\n');
             malformed_lines += 1;
+        }
+        if let Some(notice) = notice(&mut rng, id, tweet.user.id, ms) {
+            out.extend_from_slice(&notice);
+            out.push(b'\n');
+            notices += 1;
         }
         out.extend_from_slice(&line);
         out.push(b'\n');
@@ -279,12 +319,35 @@ pub fn render_part(opts: &GenOptions, day: Day, part: u64) -> Result<Part, GenEr
         bytes,
         tweets: count,
         malformed_lines,
+        notices,
     })
+}
+
+/// A stream notice (or a blank keep-alive line) to put before a tweet, now and then.
+fn notice(rng: &mut ChaCha8Rng, id: u64, user: u64, ms: i64) -> Option<Vec<u8>> {
+    let deleted = id.saturating_sub(rng.random_range(1..1u64 << 40));
+    let line = if rng.random_ratio(1, DELETE_ONE_IN) {
+        format!("{{\"delete\":{{\"status\":{{\"id\":{deleted},\"id_str\":\"{deleted}\",\"user_id\":{user},\"user_id_str\":\"{user}\"}},\"timestamp_ms\":\"{ms}\"}}}}")
+    } else if rng.random_ratio(1, LIMIT_ONE_IN) {
+        format!(
+            "{{\"limit\":{{\"track\":{},\"timestamp_ms\":\"{ms}\"}}}}",
+            rng.random_range(1..5_000)
+        )
+    } else if rng.random_ratio(1, KEEP_ALIVE_ONE_IN) {
+        String::new()
+    } else if rng.random_ratio(1, RARE_NOTICE_ONE_IN) {
+        format!("{{\"scrub_geo\":{{\"user_id\":{user},\"user_id_str\":\"{user}\",\"up_to_status_id\":{deleted},\"up_to_status_id_str\":\"{deleted}\"}}}}")
+    } else if rng.random_ratio(1, RARE_NOTICE_ONE_IN) {
+        format!("{{\"status_withheld\":{{\"id\":{deleted},\"user_id\":{user},\"withheld_in_countries\":[\"DE\",\"FR\"],\"timestamp_ms\":\"{ms}\"}}}}")
+    } else {
+        return None;
+    };
+    Some(line.into_bytes())
 }
 
 /// A line that is not a tweet, of the kinds real dumps contain.
 fn malformed(rng: &mut ChaCha8Rng, tweet: &Tweet, line: &[u8], ms: i64) -> Vec<u8> {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..3) {
         // A write cut short (then retried: the full tweet follows). Cut on a character
         // boundary: the line stays UTF-8, only its JSON is broken.
         0 => {
@@ -298,12 +361,6 @@ fn malformed(rng: &mut ChaCha8Rng, tweet: &Tweet, line: &[u8], ms: i64) -> Vec<u
             text[..cut].as_bytes().to_vec()
         }
         1 => b"<html><head><title>503 Service Unavailable</title></head><body>Service Unavailable</body></html>".to_vec(),
-        // The streaming API's rate-limit notice: JSON, but no tweet.
-        2 => format!(
-            "{{\"limit\":{{\"track\":{},\"timestamp_ms\":\"{ms}\"}}}}",
-            rng.random_range(1..5_000)
-        )
-        .into_bytes(),
         // A tweet whose date is not in Twitter's format.
         _ => {
             let secs = ms.div_euclid(1000);
@@ -334,7 +391,6 @@ struct PlaceInfo {
     country: &'static Country,
     city: &'static City,
     id: String,
-    url: String,
     full_name: String,
     /// The city as a hashtag: `#MiltonKeynes`, `#StokeonTrent`.
     tag: String,
@@ -376,7 +432,6 @@ impl World {
                 places.push(PlaceInfo {
                     country,
                     city,
-                    url: format!("https://api.twitter.com/1.1/geo/id/{id}.json"),
                     id,
                     full_name,
                     tag: city.name.chars().filter(|c| c.is_alphanumeric()).collect(),
@@ -473,6 +528,7 @@ impl World {
         // A few heavy users tweet a lot: squaring skews towards low user numbers.
         let u = (rng.random::<f64>().powi(2) * USERS as f64) as u64;
         let user = self.user(u);
+        let retweet = rng.random_bool(RETWEET_RATE);
         let roll: f64 = rng.random();
         let topic = if roll < FIRE_RATE {
             Topic::Fire
@@ -490,6 +546,23 @@ impl World {
                 self.random_place(rng.random())
             }
         });
+        let place_kind = match (place, rng.random_range(0..1_000u32)) {
+            (None, _) => PlaceKind::City,
+            (_, x) if x < ADMIN_PER_MILLE => PlaceKind::Admin,
+            (_, x) if x < ADMIN_PER_MILLE + POI_PER_MILLE => PlaceKind::Poi,
+            (_, x) if x < ADMIN_PER_MILLE + POI_PER_MILLE + NEIGHBORHOOD_PER_MILLE => {
+                PlaceKind::Neighborhood
+            }
+            (_, x)
+                if x < ADMIN_PER_MILLE
+                    + POI_PER_MILLE
+                    + NEIGHBORHOOD_PER_MILLE
+                    + COUNTRY_PER_MILLE =>
+            {
+                PlaceKind::Country
+            }
+            _ => PlaceKind::City,
+        };
         let here = &self.places[place.unwrap_or(user.home)];
         let local_lang = here.country.lang != "en" && rng.random_bool(0.7);
         let lang = if local_lang { here.country.lang } else { "en" };
@@ -506,13 +579,16 @@ impl World {
         };
         let template = templates[rng.random_range(0..templates.len())];
         let mut text = String::with_capacity(160);
-        let reply_to = rng
-            .random_bool(0.12)
-            .then(|| self.user(rng.random_range(0..USERS)));
+        let reply_to =
+            (!retweet && rng.random_bool(0.12)).then(|| self.user(rng.random_range(0..USERS)));
         if let Some(other) = &reply_to {
             text.push('@');
             text.push_str(&other.screen_name);
             text.push(' ');
+        }
+        let long = rng.random_bool(if retweet { 0.5 } else { LONG_RATE });
+        if long {
+            text.push_str(LEADS[rng.random_range(0..LEADS.len())]);
         }
         expand(template, rng, here, &mut text);
         if rng.random_bool(0.12) {
@@ -531,6 +607,25 @@ impl World {
             }
             _ => None,
         };
+        let form = if retweet {
+            let author = self.user(rng.random_range(0..USERS));
+            let original_ms = ms - rng.random_range(1_000..86_400_000);
+            let original_id = id.saturating_sub(rng.random_range(1u64 << 30..1u64 << 40));
+            let top = cut(&format!("RT @{}: {text}", author.screen_name));
+            let original = Original {
+                created_at: twitter_timestamp(original_ms.div_euclid(1000)),
+                id: original_id,
+                text: std::mem::replace(&mut text, top),
+                user: author,
+            };
+            Form::Retweet(Box::new(original))
+        } else if long && rng.random_bool(NO_EXTENDED_SHARE) {
+            Form::Cut
+        } else if long {
+            Form::Extended
+        } else {
+            Form::Plain
+        };
         let mention = reply_to.map(|other| {
             let end = other.screen_name.chars().count() + 1;
             (other, [0, end])
@@ -538,8 +633,9 @@ impl World {
         Tweet {
             created_at: twitter_timestamp(ms.div_euclid(1000)),
             id,
-            hashtags: hashtags(&text),
             text,
+            form,
+            place_kind,
             source: SOURCES[rng.random_range(0..SOURCES.len())],
             user,
             mention,
@@ -638,8 +734,10 @@ struct User {
 struct Tweet<'w> {
     created_at: String,
     id: u64,
+    /// The whole text, unescaped (for a retweet: `RT @name: ` and the start of the text).
     text: String,
-    hashtags: Vec<(String, [usize; 2])>,
+    form: Form,
+    place_kind: PlaceKind,
     source: &'static str,
     user: User,
     mention: Option<(User, [usize; 2])>,
@@ -651,6 +749,58 @@ struct Tweet<'w> {
     retweet_count: u32,
 }
 
+/// How a tweet's text reaches the wire.
+enum Form {
+    Plain,
+    /// Long, in compatibility mode: `text` cut, `extended_tweet.full_text` whole.
+    Extended,
+    /// Long, fetched without extended mode: `text` cut, `truncated`, no full text anywhere.
+    Cut,
+    /// A retweet of this status.
+    Retweet(Box<Original>),
+}
+
+/// The status a retweet retweets.
+struct Original {
+    created_at: String,
+    id: u64,
+    text: String,
+    user: User,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlaceKind {
+    City,
+    Admin,
+    Country,
+    Poi,
+    Neighborhood,
+}
+
+/// What compatibility mode leaves of a text over 140 characters: 138 and ` …`.
+fn cut(text: &str) -> String {
+    if text.chars().count() <= 140 {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(138).collect();
+    out.push_str(" …");
+    out
+}
+
+/// Twitter sends `&`, `<` and `>` in texts as HTML entities.
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A text as the wire has it (escaped), with its hashtag entities.
+fn wire_text(text: &str) -> (String, Vec<(String, [usize; 2])>) {
+    let escaped = escape_html(text);
+    let tags = hashtags(&escaped);
+    (escaped, tags)
+}
+
 // The wire format: Twitter API v1.1 field names and order.
 
 #[derive(Serialize)]
@@ -658,7 +808,7 @@ struct TweetJson<'a> {
     created_at: &'a str,
     id: u64,
     id_str: String,
-    text: &'a str,
+    text: String,
     source: &'a str,
     truncated: bool,
     in_reply_to_status_id: Option<u64>,
@@ -670,6 +820,10 @@ struct TweetJson<'a> {
     geo: Option<PointJson>,
     coordinates: Option<PointJson>,
     place: Option<PlaceJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extended_tweet: Option<ExtendedJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retweeted_status: Option<StatusJson<'a>>,
     contributors: Option<()>,
     is_quote_status: bool,
     quote_count: u32,
@@ -682,6 +836,26 @@ struct TweetJson<'a> {
     filter_level: &'a str,
     lang: &'a str,
     timestamp_ms: String,
+}
+
+#[derive(Serialize)]
+struct ExtendedJson<'a> {
+    full_text: String,
+    entities: EntitiesJson<'a>,
+}
+
+/// A retweeted status: the fields a reader of retweets needs.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    created_at: &'a str,
+    id: u64,
+    id_str: String,
+    text: String,
+    truncated: bool,
+    user: UserJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extended_tweet: Option<ExtendedJson<'a>>,
+    entities: EntitiesJson<'a>,
 }
 
 #[derive(Serialize)]
@@ -712,11 +886,11 @@ struct PointJson {
 
 #[derive(Serialize)]
 struct PlaceJson<'a> {
-    id: &'a str,
-    url: &'a str,
+    id: String,
+    url: String,
     place_type: &'a str,
-    name: &'a str,
-    full_name: &'a str,
+    name: String,
+    full_name: String,
     country_code: &'a str,
     country: &'a str,
     bounding_box: BoxJson<'a>,
@@ -756,6 +930,53 @@ struct MentionJson<'a> {
     indices: [usize; 2],
 }
 
+fn entities_json<'a>(
+    tags: &'a [(String, [usize; 2])],
+    mention: Option<&'a (User, [usize; 2])>,
+) -> EntitiesJson<'a> {
+    EntitiesJson {
+        hashtags: tags
+            .iter()
+            .map(|(text, indices)| HashtagJson {
+                text,
+                indices: *indices,
+            })
+            .collect(),
+        urls: [],
+        user_mentions: mention
+            .iter()
+            .map(|(o, indices)| MentionJson {
+                screen_name: &o.screen_name,
+                name: &o.name,
+                id: o.id,
+                id_str: &o.id_str,
+                indices: *indices,
+            })
+            .collect(),
+        symbols: [],
+    }
+}
+
+fn user_json(u: &User) -> UserJson<'_> {
+    UserJson {
+        id: u.id,
+        id_str: &u.id_str,
+        name: &u.name,
+        screen_name: &u.screen_name,
+        location: u.location.as_deref(),
+        url: None,
+        description: None,
+        protected: false,
+        verified: u.verified,
+        followers_count: u.followers_count,
+        friends_count: u.friends_count,
+        statuses_count: u.statuses_count,
+        created_at: &u.created_at,
+        geo_enabled: u.geo_enabled,
+        lang: None,
+    }
+}
+
 impl Tweet<'_> {
     /// The tweet as one JSON line (without the newline); `created_at` replaced when given.
     fn to_json(&self, created_at: Option<&str>) -> Vec<u8> {
@@ -765,44 +986,79 @@ impl Tweet<'_> {
             coordinates: [x, y],
         };
         let reply = self.mention.as_ref().map(|(other, _)| other);
-        let json = TweetJson {
-            created_at: created_at.unwrap_or(&self.created_at),
-            id: self.id,
-            id_str: self.id.to_string(),
-            text: &self.text,
-            source: self.source,
-            truncated: false,
-            in_reply_to_status_id: reply.map(|_| self.id.saturating_sub(1 << 30)),
-            in_reply_to_status_id_str: reply.map(|_| self.id.saturating_sub(1 << 30).to_string()),
-            in_reply_to_user_id: reply.map(|o| o.id),
-            in_reply_to_user_id_str: reply.map(|o| o.id_str.as_str()),
-            in_reply_to_screen_name: reply.map(|o| o.screen_name.as_str()),
-            user: UserJson {
-                id: u.id,
-                id_str: &u.id_str,
-                name: &u.name,
-                screen_name: &u.screen_name,
-                location: u.location.as_deref(),
-                url: None,
-                description: None,
-                protected: false,
-                verified: u.verified,
-                followers_count: u.followers_count,
-                friends_count: u.friends_count,
-                statuses_count: u.statuses_count,
-                created_at: &u.created_at,
-                geo_enabled: u.geo_enabled,
-                lang: None,
-            },
-            // `geo` is the deprecated [lat, lon]; `coordinates` is GeoJSON [lon, lat].
-            geo: self.coordinates.map(|(lat, lon)| point([lat, lon])),
-            coordinates: self.coordinates.map(|(lat, lon)| point([lon, lat])),
-            place: self.place.map(|p| PlaceJson {
-                id: &p.id,
-                url: &p.url,
-                place_type: "city",
-                name: p.city.name,
-                full_name: &p.full_name,
+        let entities =
+            |tags, mentions: bool| entities_json(tags, self.mention.as_ref().filter(|_| mentions));
+        // What the wire carries: `text` (cut when long), and the whole text when the mode
+        // keeps it.
+        let long = matches!(self.form, Form::Extended | Form::Cut);
+        let (text, tags) = wire_text(&if long {
+            cut(&self.text)
+        } else {
+            self.text.clone()
+        });
+        let (full_text, full_tags) = wire_text(&self.text);
+        let extended_tweet = matches!(self.form, Form::Extended).then(|| ExtendedJson {
+            full_text,
+            entities: entities(&full_tags, true),
+        });
+        let original = match &self.form {
+            Form::Retweet(o) => Some(o),
+            _ => None,
+        };
+        let original_wire = original.map(|o| {
+            let long = o.text.chars().count() > 140;
+            (wire_text(&cut(&o.text)), wire_text(&o.text), long)
+        });
+        let retweeted_status = match (original, &original_wire) {
+            (Some(o), Some(((cut_text, cut_tags), (full, full_tags), long))) => Some(StatusJson {
+                created_at: &o.created_at,
+                id: o.id,
+                id_str: o.id.to_string(),
+                text: cut_text.clone(),
+                truncated: *long,
+                user: user_json(&o.user),
+                extended_tweet: long.then(|| ExtendedJson {
+                    full_text: full.clone(),
+                    entities: entities(full_tags, false),
+                }),
+                entities: entities(cut_tags, false),
+            }),
+            _ => None,
+        };
+        let place = self.place.map(|p| {
+            let (kind, name, full_name) = match self.place_kind {
+                PlaceKind::City => ("city", p.city.name.to_owned(), p.full_name.clone()),
+                PlaceKind::Admin => (
+                    "admin",
+                    p.city.region.to_owned(),
+                    format!("{}, {}", p.city.region, p.country.name),
+                ),
+                PlaceKind::Country => (
+                    "country",
+                    p.country.name.to_owned(),
+                    p.country.name.to_owned(),
+                ),
+                PlaceKind::Poi => {
+                    let name = format!("{} Central Station", p.city.name);
+                    ("poi", name.clone(), name)
+                }
+                PlaceKind::Neighborhood => (
+                    "neighborhood",
+                    "City Centre".to_owned(),
+                    format!("City Centre, {}", p.city.name),
+                ),
+            };
+            let id = if kind == "city" {
+                p.id.clone()
+            } else {
+                format!("{:016x}", mix(fnv(&full_name) ^ fnv(kind)))
+            };
+            PlaceJson {
+                url: format!("https://api.twitter.com/1.1/geo/id/{id}.json"),
+                id,
+                place_type: kind,
+                name,
+                full_name,
                 country_code: p.country.code,
                 country: p.country.name,
                 bounding_box: BoxJson {
@@ -810,36 +1066,34 @@ impl Tweet<'_> {
                     coordinates: &p.bbox,
                 },
                 attributes: Empty {},
-            }),
+            }
+        });
+        let json = TweetJson {
+            created_at: created_at.unwrap_or(&self.created_at),
+            id: self.id,
+            id_str: self.id.to_string(),
+            text,
+            source: self.source,
+            truncated: long,
+            in_reply_to_status_id: reply.map(|_| self.id.saturating_sub(1 << 30)),
+            in_reply_to_status_id_str: reply.map(|_| self.id.saturating_sub(1 << 30).to_string()),
+            in_reply_to_user_id: reply.map(|o| o.id),
+            in_reply_to_user_id_str: reply.map(|o| o.id_str.as_str()),
+            in_reply_to_screen_name: reply.map(|o| o.screen_name.as_str()),
+            user: user_json(u),
+            // `geo` is the deprecated [lat, lon]; `coordinates` is GeoJSON [lon, lat].
+            geo: self.coordinates.map(|(lat, lon)| point([lat, lon])),
+            coordinates: self.coordinates.map(|(lat, lon)| point([lon, lat])),
+            place,
+            extended_tweet,
+            retweeted_status,
             contributors: None,
             is_quote_status: false,
             quote_count: 0,
             reply_count: 0,
             retweet_count: self.retweet_count,
             favorite_count: self.retweet_count * 3,
-            entities: EntitiesJson {
-                hashtags: self
-                    .hashtags
-                    .iter()
-                    .map(|(text, indices)| HashtagJson {
-                        text,
-                        indices: *indices,
-                    })
-                    .collect(),
-                urls: [],
-                user_mentions: self
-                    .mention
-                    .iter()
-                    .map(|(o, indices)| MentionJson {
-                        screen_name: &o.screen_name,
-                        name: &o.name,
-                        id: o.id,
-                        id_str: &o.id_str,
-                        indices: *indices,
-                    })
-                    .collect(),
-                symbols: [],
-            },
+            entities: entities(&tags, true),
             favorited: false,
             retweeted: false,
             filter_level: "low",
@@ -972,6 +1226,7 @@ const FIRE_EN: &[&str] = &[
     "Watching the fire engine crews at work on {street}, absolute heroes",
     "Is that a fire by {street}? Sirens everywhere #{tag}",
     "Bin fire outside the flats again. Third time this month",
+    "Huge thanks to {city} Fire & Rescue tonight, true heroes",
 ];
 
 /// Not about a fire, and no match for the default keywords, though a substring search for
@@ -1014,6 +1269,8 @@ const CHATTER_EN: &[&str] = &[
     "Queue at the post office is out the door",
     "Not a bad view from the office today #{tag}",
     "Who else is still awake",
+    "Fish & chips on {street} <3",
+    "Tea > coffee, fight me",
 ];
 
 const FIRE_FR: &[&str] = &[
@@ -1076,6 +1333,8 @@ mod tests {
         let (lo, hi) = (opts.from.start_secs(), opts.from.plus(1).start_secs());
         let mut tweets = 0;
         let mut malformed = 0;
+        let (mut notices, mut announced_notices) = (0u64, 0u64);
+        let (mut retweets, mut extended, mut cut, mut non_city, mut escaped) = (0, 0, 0, 0, 0);
         let mut last_ms = 0i64;
         let mut late = 0;
         let mut ids = std::collections::HashSet::new();
@@ -1085,15 +1344,47 @@ mod tests {
             let text = String::from_utf8(p.bytes).unwrap();
             assert!(text.ends_with('\n'));
             let mut in_part = 0u64;
+            announced_notices += p.notices;
             for line in text.lines() {
+                if line.is_empty() {
+                    notices += 1;
+                    continue;
+                }
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
                     malformed += 1;
                     continue;
                 };
+                if v.get("created_at").is_none() {
+                    let kinds = ["delete", "limit", "scrub_geo", "status_withheld"];
+                    assert!(kinds.iter().any(|k| v.get(*k).is_some()), "{line}");
+                    notices += 1;
+                    continue;
+                }
                 let Some(secs) = v["created_at"].as_str().and_then(parse_twitter_timestamp) else {
                     malformed += 1;
                     continue;
                 };
+                if let Some(rt) = v.get("retweeted_status") {
+                    retweets += 1;
+                    assert!(v["text"].as_str().unwrap().starts_with("RT @"), "{line}");
+                    let whole = rt["extended_tweet"]["full_text"]
+                        .as_str()
+                        .or(rt["text"].as_str())
+                        .unwrap();
+                    assert_eq!(rt["truncated"], rt["extended_tweet"].is_object());
+                    assert!(
+                        whole.chars().count() >= rt["text"].as_str().unwrap().chars().count() - 2
+                    );
+                }
+                match (v["truncated"].as_bool(), v.get("extended_tweet")) {
+                    (Some(true), Some(e)) => {
+                        extended += 1;
+                        assert!(e["full_text"].as_str().unwrap().chars().count() > 140);
+                    }
+                    (Some(true), None) => cut += 1,
+                    _ => {}
+                }
+                escaped += usize::from(v["text"].as_str().unwrap().contains("&amp;"));
                 in_part += 1;
                 if secs < lo {
                     assert!(part == 0 && secs >= lo - 2, "{line}");
@@ -1110,6 +1401,7 @@ mod tests {
                 if v["place"].is_object() {
                     placed += 1;
                     gb += usize::from(v["place"]["country_code"] == "GB");
+                    non_city += usize::from(v["place"]["place_type"] != "city");
                     assert!(v["place"]["full_name"]
                         .as_str()
                         .unwrap()
@@ -1130,6 +1422,12 @@ mod tests {
         assert!(late <= 3);
         // Roughly the rates the module promises.
         assert!((1..=30).contains(&malformed), "{malformed}");
+        assert_eq!(notices, announced_notices);
+        assert!((100..=260).contains(&notices), "{notices}");
+        assert!((4_000..6_000).contains(&retweets), "{retweets}");
+        assert!(extended > 20 && cut > 5, "{extended} {cut}");
+        assert!((1_500..3_000).contains(&non_city), "{non_city} of {placed}");
+        assert!(escaped > 10, "{escaped}");
         assert!((13_500..16_500).contains(&placed), "{placed}");
         assert!(gb * 100 / placed > 40, "{gb} of {placed}");
         assert!(fire_tags > 10, "{fire_tags}");

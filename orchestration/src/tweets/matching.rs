@@ -125,6 +125,82 @@ impl Keywords {
     }
 }
 
+/// A fast test that a line may hold a match: an ASCII case-insensitive search (aho-corasick)
+/// of the raw line for one word of each keyword. The line is lowercased (ASCII) into a
+/// scratch buffer and searched case-sensitively: aho-corasick's SIMD searcher (Teddy) does
+/// not do case-insensitive search, and lowering is cheaper than its scalar automaton. A line it rejects matches no keyword, so
+/// the text of such a line need not be decoded at all.
+///
+/// Sound for ASCII keywords: every match needs that word's letters in the text or a hashtag
+/// (a phrase's hashtag holds all its words), spelt in ASCII in the line unless the line
+/// escapes them (`\u0066`) or spells them with one of the two non-ASCII characters whose
+/// lowercase is ASCII (U+0130 `İ` → `i̇`, U+212A Kelvin sign → `k`); lines with either are
+/// passed on too. A list with a non-ASCII keyword gets no prefilter.
+#[derive(Clone, Debug)]
+pub struct Prefilter {
+    needles: Needles,
+}
+
+/// Several needles searched at once: aho-corasick's packed SIMD searcher (Teddy) when the
+/// CPU has it, else its automaton. (The automaton's own prefilter picks "rare" start bytes,
+/// here `e` and `t`, and then runs the automaton at nearly every byte.)
+#[derive(Clone, Debug)]
+pub enum Needles {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(aho_corasick::AhoCorasick),
+}
+
+impl Needles {
+    pub fn new(needles: &[String]) -> Option<Self> {
+        if let Some(s) = aho_corasick::packed::Searcher::new(needles) {
+            return Some(Self::Packed(s));
+        }
+        aho_corasick::AhoCorasick::new(needles)
+            .ok()
+            .map(Self::Automaton)
+    }
+
+    pub fn is_match(&self, haystack: &[u8]) -> bool {
+        match self {
+            Self::Packed(s) => s.find(haystack).is_some(),
+            Self::Automaton(a) => a.is_match(haystack),
+        }
+    }
+}
+
+impl Prefilter {
+    /// Whether the raw line (JSON) may hold a match. `scratch` is reused from line to line.
+    pub fn may_match(&self, line: &[u8], scratch: &mut Vec<u8>) -> bool {
+        scratch.clear();
+        scratch.extend(line.iter().map(u8::to_ascii_lowercase));
+        self.needles.is_match(scratch.as_slice())
+    }
+}
+
+impl Keywords {
+    /// The prefilter for these keywords; `None` when one is not ASCII.
+    pub fn prefilter(&self) -> Option<Prefilter> {
+        let mut needles: Vec<String> = Vec::new();
+        for keyword in &self.keywords {
+            let word = match keyword {
+                // Any word of the phrase would do; the longest is the rarest.
+                Keyword::Phrase(words) => words.iter().max_by_key(|w| w.len())?.clone(),
+                Keyword::Hashtag(tag) => tag.clone(),
+            };
+            if !word.is_ascii() {
+                return None;
+            }
+            needles.push(word);
+        }
+        // Escaped ASCII (\u0000-\u007f), and the two characters that lowercase to ASCII,
+        // escaped or not.
+        needles.extend((0..8).map(|d| format!("\\u00{d}")));
+        needles.extend(["\\u0130", "\\u212a", "\u{130}", "\u{212a}"].map(String::from));
+        let needles = Needles::new(&needles)?;
+        Some(Prefilter { needles })
+    }
+}
+
 /// Whether `tag` is the phrase's words run together (`fire truck` ↔ `firetruck`).
 fn phrase_is_tag(phrase: &[String], tag: &str) -> bool {
     let mut rest = tag;
@@ -215,6 +291,27 @@ mod tests {
         // Non-ASCII around the tag is sliced on character boundaries.
         assert!(k.matches("été #fire 🔥", &NONE));
         assert!(!k.matches("é#fireé", &NONE));
+    }
+
+    #[test]
+    fn the_prefilter_passes_every_line_that_can_match() {
+        let k = kw(&["fire truck", "#blaze", "k"]);
+        let p = k.prefilter().unwrap();
+        let mut scratch = Vec::new();
+        for line in [
+            r#"{"text":"a TRUCK"}"#,
+            r#"{"text":"x","entities":{"hashtags":[{"text":"FireTruck"}]}}"#,
+            r##"{"text":"#BLAZE"}"##,
+            r#"{"text":"\u0074ruck"}"#,
+            "{\"text\":\"\u{212a}\"}",
+            r#"{"text":"\u212A"}"#,
+        ] {
+            assert!(p.may_match(line.as_bytes(), &mut scratch), "{line}");
+        }
+        assert!(!p.may_match(br#"{"text":"fire only","id":5}"#, &mut scratch));
+        // Whatever the prefilter rejects, the matcher rejects.
+        assert!(!k.matches("fire only", &NONE));
+        assert!(kw(&["été"]).prefilter().is_none());
     }
 
     #[test]
