@@ -444,11 +444,13 @@ impl Fenced {
             return Ok(false);
         };
         let r = self.rec.shuffle_partitions.unwrap_or(1);
-        let mut merged = self.ledger().merged().await?;
-        if merged.len() as u32 >= r {
-            self.complete(flow, reduced, dead, Some(merged)).await?;
+        // The last merge task writes the result (the k-way merge of the R parts is O(keys):
+        // a function with a merge's timeout does it, not a tick).
+        if let Some(result) = self.ledger().result().await? {
+            self.complete(flow, reduced, dead, Some(result)).await?;
             return Ok(true);
         }
+        let mut merged = self.ledger().merged().await?;
         let id = self.rec.id.to_string();
         let attempt = self.rec.attempt;
         let merge_stage = flow.merge_stage().map(|s| s.name.clone());
@@ -460,6 +462,7 @@ impl Fenced {
                 .map(|s| s.queue_url.clone())
         });
         if self.rec.merging && queue.is_some() {
+            // Waiting for the merge tasks, the last of which writes the result.
             return Ok(false);
         }
         let deltas = self.ledger().deltas().await?;
@@ -474,7 +477,8 @@ impl Fenced {
                 self.ledger().record_merged(p, &summaries).await?;
                 merged.insert(p, summaries);
             }
-            self.complete(flow, reduced, dead, Some(merged)).await?;
+            let result = crate::keyed::finish_fields(blobs, spec, &merged, &id).await?;
+            self.complete(flow, reduced, dead, Some(result)).await?;
             return Ok(true);
         };
         let manifest = format!(
@@ -836,7 +840,7 @@ impl Fenced {
         flow: &Flow,
         reduced: u64,
         dead: Vec<u64>,
-        merged: Option<BTreeMap<u32, BTreeMap<String, crate::keyed::Summary>>>,
+        keyed: Option<BTreeMap<String, crate::keyed::Summary>>,
     ) -> Result<(), DaemonError> {
         let Some(reduce) = flow.reduce() else {
             return self
@@ -844,25 +848,9 @@ impl Fenced {
                 .await;
         };
         let (_, mut aggregate) = self.ledger().totals(reduce.as_ref()).await?;
-        if let (Some(spec), Some(merged)) = (&flow.keyed, merged) {
-            for field in &spec.fields {
-                let parts: Vec<_> = merged
-                    .values()
-                    .filter_map(|fields| fields.get(&field.name).cloned())
-                    .collect();
-                let (by_key, by_value) =
-                    crate::keyed::result_objects(self.rec.id.as_str(), &field.name);
-                let summary = crate::keyed::finish_field(
-                    self.svc.blobs.as_ref(),
-                    field,
-                    &parts,
-                    &by_key,
-                    &by_value,
-                )
-                .await?;
-                if let Some(object) = aggregate.as_object_mut() {
-                    object.insert(field.name.clone(), summary.to_result());
-                }
+        if let (Some(object), Some(keyed)) = (aggregate.as_object_mut(), keyed) {
+            for (field, summary) in keyed {
+                object.insert(field, summary.to_result());
             }
         }
         let total = self.rec.total_partitions.unwrap_or(0);

@@ -897,6 +897,27 @@ fn merge_objects(objects: Vec<(String, Vec<u8>)>, by_value: bool) -> Result<Vec<
     Ok(out)
 }
 
+/// Every keyed field's result from the merged parts of all R reduce partitions (`merged`:
+/// by partition, each field's part).
+pub async fn finish_fields(
+    blobs: &dyn Blobs,
+    spec: &Spec,
+    merged: &BTreeMap<u32, BTreeMap<String, Summary>>,
+    job: &str,
+) -> Result<BTreeMap<String, Summary>, KeyedError> {
+    let mut out = BTreeMap::new();
+    for field in &spec.fields {
+        let parts: Vec<Summary> = merged
+            .values()
+            .filter_map(|fields| fields.get(&field.name).cloned())
+            .collect();
+        let (by_key, by_value) = result_objects(job, &field.name);
+        let summary = finish_field(blobs, field, &parts, &by_key, &by_value).await?;
+        out.insert(field.name.clone(), summary);
+    }
+    Ok(out)
+}
+
 /// The result of a field from its reduce partitions' parts: the parts merged into one
 /// object per order, and the summary (keys and totals added, the tops merged).
 pub async fn finish_field(

@@ -16,7 +16,8 @@ use crate::components::{ComponentError, Reduce};
 use crate::keyed::{self, Delta, KeyedError, Spec, Summary};
 use crate::ports::{Blobs, Condition, JobStore, Key, StoreError, TxOp, MAX_TRANSACTION_ITEMS};
 use crate::record::{
-    dead_key, delta_key, delta_pks, marker_key, merged_key, merged_pk, run_pk, shard_key,
+    dead_key, delta_key, delta_pks, marker_key, merged_key, merged_pk, result_claim_key,
+    result_key, run_pk, shard_key,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +398,63 @@ impl<'a> Ledger<'a> {
             Err(StoreError::ConditionFailed(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether merge task `r` is the one to write the result: the first to ask is, and so
+    /// is its own redelivery (if it died writing); any other is not (the merge tasks of a
+    /// batch finish together, and each would redo the whole k-way merge).
+    pub async fn claim_result(&self, r: u32) -> Result<bool, LedgerError> {
+        let key = result_claim_key(self.job, self.attempt);
+        let mut attrs = crate::ports::Attributes::new();
+        attrs.insert("r".into(), json!(r));
+        match self.store.put(&key, attrs, Condition::NotExists).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed(_)) => Ok(self
+                .store
+                .get(&key)
+                .await?
+                .and_then(|item| item.attrs.get("r").and_then(Value::as_u64))
+                == Some(u64::from(r))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a keyed job's result (by field); false if it was recorded before.
+    pub async fn record_result(
+        &self,
+        fields: &BTreeMap<String, Summary>,
+    ) -> Result<bool, LedgerError> {
+        let mut attrs = crate::ports::Attributes::new();
+        attrs.insert("fields".into(), json!(fields));
+        match self
+            .store
+            .put(
+                &result_key(self.job, self.attempt),
+                attrs,
+                Condition::NotExists,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A keyed job's result, once its last merge has written it.
+    pub async fn result(&self) -> Result<Option<BTreeMap<String, Summary>>, LedgerError> {
+        let Some(item) = self.store.get(&result_key(self.job, self.attempt)).await? else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| LedgerError::Corrupt(item.key.sk.clone(), what.into());
+        let fields = item
+            .attrs
+            .get("fields")
+            .cloned()
+            .ok_or_else(|| corrupt("no fields"))?;
+        serde_json::from_value(fields)
+            .map(Some)
+            .map_err(|e| corrupt(&e.to_string()))
     }
 
     /// The reduce partitions merged so far, with their summaries, by partition.

@@ -71,6 +71,17 @@ pub fn merged_key(id: &str, attempt: u32, r: u32) -> Key {
     Key::new(merged_pk(id, attempt), format!("m#{r:04}"))
 }
 
+/// A keyed job's whole result (every field's sorted objects and summary), written once all
+/// R parts are merged.
+pub fn result_key(id: &str, attempt: u32) -> Key {
+    Key::new(merged_pk(id, attempt), "r#")
+}
+
+/// Which merge task writes a keyed job's result.
+pub fn result_claim_key(id: &str, attempt: u32) -> Key {
+    Key::new(merged_pk(id, attempt), "c#")
+}
+
 pub fn dead_key(id: &str, attempt: u32, partition: u64) -> Key {
     Key::new(run_pk(id, attempt), format!("dead#{partition:020}"))
 }

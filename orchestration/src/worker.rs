@@ -465,10 +465,38 @@ impl StageHandler {
             shards: self.svc.settings.aggregate_shards,
             keyed: None,
         };
-        if ledger.is_merged(task.r).await? {
-            // A redelivered task whose first delivery finished: nothing to redo.
-            return Ok(());
+        if !ledger.is_merged(task.r).await? {
+            self.merge_partition(env, &ledger, spec, &task).await?;
         }
+        // A task that finds every part merged writes the result, if it claims it first (or
+        // is the claimant's redelivery).
+        let merged = ledger.merged().await?;
+        if merged.len() as u32 >= ctx.shuffle_partitions
+            && ledger.result().await?.is_none()
+            && ledger.claim_result(task.r).await?
+        {
+            // Kept even if the job has ended meanwhile: results live under the job's own keys
+            // (not the attempt's shuffle prefix), and a job completes only after this record.
+            let result = keyed::finish_fields(blobs, spec, &merged, &env.job).await?;
+            ledger.record_result(&result).await?;
+            let id = JobId::parse(&env.job)
+                .map_err(|e| ItemError::Job(env.job.clone(), e.to_string()))?;
+            self.svc.nudge(&id).await?;
+        }
+        debug!(job = %env.job, r = task.r, "merged");
+        Ok(())
+    }
+
+    /// Merge task `r`: segment `r` of every delta the manifest lists, combined and written
+    /// sorted, then recorded.
+    async fn merge_partition(
+        &self,
+        env: &Envelope,
+        ledger: &Ledger<'_>,
+        spec: &keyed::Spec,
+        task: &MergeTask,
+    ) -> Result<(), ItemError> {
+        let blobs = self.svc.blobs.as_ref();
         let manifest = blobs
             .get(&task.manifest)
             .await
@@ -486,14 +514,7 @@ impl StageHandler {
         if self.discard_if_ended(&env.job, env.attempt, &parts).await? {
             return Ok(());
         }
-        if ledger.record_merged(task.r, &summaries).await?
-            && ledger.merged().await?.len() as u32 >= ctx.shuffle_partitions
-        {
-            let id = JobId::parse(&env.job)
-                .map_err(|e| ItemError::Job(env.job.clone(), e.to_string()))?;
-            self.svc.nudge(&id).await?;
-        }
-        debug!(job = %env.job, r = task.r, "merged");
+        ledger.record_merged(task.r, &summaries).await?;
         Ok(())
     }
 
