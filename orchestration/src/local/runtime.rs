@@ -334,7 +334,7 @@ async fn poll(ctx: PollerContext, mapping: Mapping, mut config: watch::Receiver<
         let current = *config.borrow_and_update();
         slots.set_limit(current.concurrency_cap());
         let slot = slots.acquire().await;
-        let batch = match receive_batch(&ctx, &mapping.queue_url, &current).await {
+        let batch = match receive_batch(&ctx, &mapping.queue_url, &current, &mut config).await {
             Ok(b) => b,
             Err(QueueError::NoSuchQueue(_)) => {
                 debug!(mapping = %mapping.id, "queue gone; poller stops");
@@ -378,10 +378,13 @@ async fn poll(ctx: PollerContext, mapping: Mapping, mut config: watch::Receiver<
 }
 
 /// Receives up to `batch_size` messages, waiting up to the batching window to fill the batch.
+/// An update of the mapping ends the wait with the batch in hand: the daemon drops the window
+/// when nothing more is coming, and the last partial batch should not wait out the old one.
 async fn receive_batch(
     ctx: &PollerContext,
     url: &str,
     config: &MappingConfig,
+    updates: &mut watch::Receiver<MappingConfig>,
 ) -> Result<Vec<ReceivedMessage>, QueueError> {
     let want = config.batch_size as usize;
     let mut batch = ctx
@@ -397,11 +400,10 @@ async fn receive_batch(
         if left.is_zero() {
             break;
         }
-        let more = ctx
-            .queues
-            .receive(url, want - batch.len(), left, None)
-            .await?;
-        batch.extend(more);
+        tokio::select! {
+            more = ctx.queues.receive(url, want - batch.len(), left, None) => batch.extend(more?),
+            Ok(()) = updates.changed() => break,
+        }
     }
     Ok(batch)
 }
