@@ -373,36 +373,9 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
         }
     }
 
-    // Whether nothing more will reach each stage: every stage before it is empty, and the
-    // partitions not yet finished are all queued at it or after it (queue counts are
-    // approximate, and zero before anything is sent: both must agree).
-    let unfinished = total.saturating_sub(obs.finished_partitions);
-    let queued_from: Vec<u64> = obs
-        .stages
-        .iter()
-        .rev()
-        .scan(0u64, |sum, s| {
-            *sum += s.backlog();
-            Some(*sum)
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let drained_before: Vec<bool> = obs
-        .stages
-        .iter()
-        .zip(&queued_from)
-        .scan(true, |drained, (s, queued)| {
-            let before = *drained && *queued >= unfinished;
-            *drained &= s.backlog() == 0;
-            Some(before)
-        })
-        .collect();
     plans
         .into_iter()
-        .zip(drained_before)
-        .map(|(plan, drained_before)| match plan {
+        .map(|plan| match plan {
             StagePlan::Source(tasks) => {
                 let concurrency = tasks.clamp(
                     u64::from(limits::MIN_MAX_CONCURRENCY),
@@ -426,15 +399,7 @@ pub fn backlog(goal: &Goal, obs: &Observation) -> Vec<Levers> {
                 provisioned,
                 ..
             } => {
-                // The tail: little work per slot, or the last two rounds with nothing more
-                // coming. A batching window gathers messages that trickle in; with every
-                // message already queued it only delays the last partial batch, whose poller
-                // waits it out (as AWS's does): a 3 s job waited 1 s for its last 30
-                // messages. Not earlier: batches of 10 for a deep queue multiply invocations
-                // (the simulated 10^9-message job: 96,030 instead of 1,152).
-                let levers = if per_slot <= assume::TAIL_BATCH
-                    || (drained_before && per_slot <= 2 * batch)
-                {
+                let levers = if per_slot <= assume::TAIL_BATCH {
                     tail_levers(concurrency, per_slot)
                 } else {
                     let batch = batch as u32;
