@@ -450,7 +450,6 @@ impl Fenced {
             self.complete(flow, reduced, dead, Some(result)).await?;
             return Ok(true);
         }
-        let mut merged = self.ledger().merged().await?;
         let id = self.rec.id.to_string();
         let attempt = self.rec.attempt;
         let merge_stage = flow.merge_stage().map(|s| s.name.clone());
@@ -465,6 +464,7 @@ impl Fenced {
             // Waiting for the merge tasks, the last of which writes the result.
             return Ok(false);
         }
+        let mut merged = self.ledger().merged().await?;
         let deltas = self.ledger().deltas().await?;
         let Some(queue) = queue else {
             // A composite: its parts are few and small, so merge here.

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::components::{ComponentError, Reduce};
 use crate::keyed::{self, Delta, KeyedError, Spec, Summary};
-use crate::ports::{Blobs, Condition, JobStore, Key, StoreError, TxOp, MAX_TRANSACTION_ITEMS};
+use crate::ports::{
+    Blobs, Condition, Item, JobStore, Key, StoreError, TxOp, MAX_TRANSACTION_ITEMS,
+};
 use crate::record::{
     dead_key, delta_key, delta_pks, marker_key, merged_key, merged_pk, result_claim_key,
     result_key, run_pk, shard_key,
@@ -62,6 +64,17 @@ pub struct Ledger<'a> {
 }
 
 const MAX_CONFLICTS: u32 = 64;
+
+/// The `fields` (summaries by field) of a merged part's or a result's record.
+fn summaries_of(item: &Item) -> Result<BTreeMap<String, Summary>, LedgerError> {
+    let corrupt = |what: &str| LedgerError::Corrupt(item.key.sk.clone(), what.into());
+    let fields = item
+        .attrs
+        .get("fields")
+        .cloned()
+        .ok_or_else(|| corrupt("no fields"))?;
+    serde_json::from_value(fields).map_err(|e| corrupt(&e.to_string()))
+}
 
 /// The wait after the `attempt`-th cancelled transaction that failed no condition: 10 ms
 /// doubling to at most 1 s, jittered over its upper half (as AWS advises for contended
@@ -383,17 +396,19 @@ impl<'a> Ledger<'a> {
         r: u32,
         summaries: &BTreeMap<String, Summary>,
     ) -> Result<bool, LedgerError> {
+        self.put_once(
+            &merged_key(self.job, self.attempt, r),
+            "fields",
+            json!(summaries),
+        )
+        .await
+    }
+
+    /// Writes `{name: value}` at `key` unless something is there; false if it was.
+    async fn put_once(&self, key: &Key, name: &str, value: Value) -> Result<bool, LedgerError> {
         let mut attrs = crate::ports::Attributes::new();
-        attrs.insert("fields".into(), json!(summaries));
-        match self
-            .store
-            .put(
-                &merged_key(self.job, self.attempt, r),
-                attrs,
-                Condition::NotExists,
-            )
-            .await
-        {
+        attrs.insert(name.into(), value);
+        match self.store.put(key, attrs, Condition::NotExists).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed(_)) => Ok(false),
             Err(e) => Err(e.into()),
@@ -405,18 +420,15 @@ impl<'a> Ledger<'a> {
     /// batch finish together, and each would redo the whole k-way merge).
     pub async fn claim_result(&self, r: u32) -> Result<bool, LedgerError> {
         let key = result_claim_key(self.job, self.attempt);
-        let mut attrs = crate::ports::Attributes::new();
-        attrs.insert("r".into(), json!(r));
-        match self.store.put(&key, attrs, Condition::NotExists).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed(_)) => Ok(self
-                .store
-                .get(&key)
-                .await?
-                .and_then(|item| item.attrs.get("r").and_then(Value::as_u64))
-                == Some(u64::from(r))),
-            Err(e) => Err(e.into()),
+        if self.put_once(&key, "r", json!(r)).await? {
+            return Ok(true);
         }
+        Ok(self
+            .store
+            .get(&key)
+            .await?
+            .and_then(|item| item.attrs.get("r").and_then(Value::as_u64))
+            == Some(u64::from(r)))
     }
 
     /// Records a keyed job's result (by field); false if it was recorded before.
@@ -424,21 +436,8 @@ impl<'a> Ledger<'a> {
         &self,
         fields: &BTreeMap<String, Summary>,
     ) -> Result<bool, LedgerError> {
-        let mut attrs = crate::ports::Attributes::new();
-        attrs.insert("fields".into(), json!(fields));
-        match self
-            .store
-            .put(
-                &result_key(self.job, self.attempt),
-                attrs,
-                Condition::NotExists,
-            )
+        self.put_once(&result_key(self.job, self.attempt), "fields", json!(fields))
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// A keyed job's result, once its last merge has written it.
@@ -446,15 +445,7 @@ impl<'a> Ledger<'a> {
         let Some(item) = self.store.get(&result_key(self.job, self.attempt)).await? else {
             return Ok(None);
         };
-        let corrupt = |what: &str| LedgerError::Corrupt(item.key.sk.clone(), what.into());
-        let fields = item
-            .attrs
-            .get("fields")
-            .cloned()
-            .ok_or_else(|| corrupt("no fields"))?;
-        serde_json::from_value(fields)
-            .map(Some)
-            .map_err(|e| corrupt(&e.to_string()))
+        summaries_of(&item).map(Some)
     }
 
     /// The reduce partitions merged so far, with their summaries, by partition.
@@ -471,13 +462,7 @@ impl<'a> Ledger<'a> {
                 .strip_prefix("m#")
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| corrupt("bad key"))?;
-            let fields = item
-                .attrs
-                .get("fields")
-                .cloned()
-                .ok_or_else(|| corrupt("no fields"))?;
-            let fields = serde_json::from_value(fields).map_err(|e| corrupt(&e.to_string()))?;
-            out.insert(r, fields);
+            out.insert(r, summaries_of(&item)?);
         }
         Ok(out)
     }

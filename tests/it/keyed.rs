@@ -4,7 +4,7 @@
 //! and nothing of the shuffle left behind.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestration::aws::local_engine;
 use orchestration::flow::Registry;
@@ -16,6 +16,7 @@ use orchestration::record;
 use orchestration::submit::{submit, SubmitOptions};
 use serde_json::{json, Value};
 
+use crate::engine::run_until_done_within;
 use crate::moto;
 use crate::support::{sluice, sluice_json, Server};
 
@@ -103,29 +104,6 @@ fn per_word(reduce_partitions: u32) -> JobRequest {
     }
 }
 
-/// Runs the engine until the job has ended and been torn down; `guard` catches a hang.
-async fn run_until_done(engine: &Engine, store: &dyn JobStore, id: &JobId, guard: Duration) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let waiter = async {
-        let started = Instant::now(); // a hang guard, not a timing assertion
-        loop {
-            let v = record::load(store, id).await.unwrap().unwrap();
-            if v.record.status.is_terminal() && v.record.torn_down {
-                break;
-            }
-            assert!(started.elapsed() < guard, "the job never finished");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = stop.send(());
-    };
-    tokio::join!(
-        engine.run(async {
-            let _ = stopped.await;
-        }),
-        waiter
-    );
-}
-
 /// The job is done, its per-word result is exactly `expected`, in both orders, and the
 /// shuffle's objects are gone.
 async fn assert_exact(
@@ -201,10 +179,9 @@ async fn per_word_counts_of_many_distinct_words_are_exact_under_faults() {
     let s = submit(&engine.services, &per_word(4), &SubmitOptions::default())
         .await
         .unwrap();
-    run_until_done(
+    run_until_done_within(
         &engine,
-        engine.services.store.as_ref(),
-        &s.id,
+        std::slice::from_ref(&s.id),
         Duration::from_secs(600),
     )
     .await;
@@ -264,7 +241,7 @@ async fn per_word_counts_are_exact_over_the_aws_protocol() {
         .unwrap();
     // 10^6 words over moto take a while: the guard grows with the vocabulary.
     let guard = Duration::from_secs(600.max(vocabulary / 250));
-    run_until_done(&engine, ports.store.as_ref(), &s.id, guard).await;
+    run_until_done_within(&engine, std::slice::from_ref(&s.id), guard).await;
     assert_exact(ports.store.as_ref(), ports.blobs.as_ref(), &s.id, &expected).await;
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestration::job::{JobId, JobRequest, JobStatus};
 use orchestration::local::{Engine, EngineOptions, FileBlobs};
@@ -13,6 +13,7 @@ use orchestration::submit::{submit, Disposition, SubmitOptions};
 use orchestration::tweets::{generate, Day, GenOptions};
 use serde_json::{json, Value};
 
+use crate::engine::run_until_done_within;
 use crate::real_tweets::{expected, Folder};
 use crate::support::{sluice, sluice_json};
 
@@ -87,35 +88,7 @@ fn fire_tweets(params: Value) -> JobRequest {
 
 /// Runs the engine until every job has ended and been torn down.
 async fn run_until_done(engine: &Engine, ids: &[JobId]) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let waiter = async {
-        let guard = Instant::now(); // a hang guard, not a timing assertion
-        loop {
-            let mut open = 0;
-            for id in ids {
-                let v = record::load(engine.services.store.as_ref(), id)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                open += usize::from(!(v.record.status.is_terminal() && v.record.torn_down));
-            }
-            if open == 0 {
-                break;
-            }
-            assert!(
-                guard.elapsed() < Duration::from_secs(600),
-                "jobs never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = stop.send(());
-    };
-    tokio::join!(
-        engine.run(async {
-            let _ = stopped.await;
-        }),
-        waiter
-    );
+    run_until_done_within(engine, ids, Duration::from_secs(600)).await;
 }
 
 /// Generates 3 days × 3,000 tweets, runs fire-tweets for GB and for IE, and compares each

@@ -173,14 +173,10 @@ impl Telemetry for StageCounters {
     ) -> Result<(), TelemetryError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
             .unwrap_or_default();
         // Which shard: any spread will do; the clock's nanoseconds are one.
-        let shard = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::from(d.subsec_nanos()))
-            .unwrap_or_default()
-            % SHARDS;
+        let shard = u64::from(now.subsec_nanos()) % SHARDS;
+        let now = now.as_secs();
         let mut request = self
             .client
             .update_item()
