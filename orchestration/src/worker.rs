@@ -2,6 +2,7 @@
 //! calls the same way). Each message is processed on its own; a message that fails becomes a
 //! batch item failure, never a failed batch, so one poison message cannot hold back the rest.
 
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -153,17 +154,26 @@ impl StageHandler {
         }
         // The reduce function's messages are processed together: a reduce's are cheap (the
         // commit is one per batch, below), and a batch of merge tasks merges in parallel.
-        let concurrent = self.function == Function::Reduce;
-        let mut outcomes = Vec::with_capacity(items.len());
-        if concurrent {
-            let (meta, work): (Vec<_>, Vec<_>) =
-                items.into_iter().map(|(a, b, c, f)| ((a, b, c), f)).unzip();
-            outcomes.extend(meta.into_iter().zip(futures::future::join_all(work).await));
+        // Other functions' messages overlap one more than there are cores: the next
+        // message's input is read while the cores work on the ones before it (a range read
+        // from S3 takes tens of milliseconds; one message after another, an invocation's
+        // cores idled through each read). Their CPU work is bounded by `cpu` anyway.
+        let in_flight = if self.function == Function::Reduce {
+            items.len().max(1)
         } else {
-            for (id, receipt, count, work) in items {
-                outcomes.push(((id, receipt, count), work.await));
-            }
-        }
+            crate::cpu::slots() + 1
+        };
+        let (meta, work): (Vec<_>, Vec<_>) =
+            items.into_iter().map(|(a, b, c, f)| ((a, b, c), f)).unzip();
+        let outcomes: Vec<_> = meta
+            .into_iter()
+            .zip(
+                futures::stream::iter(work)
+                    .buffered(in_flight)
+                    .collect::<Vec<_>>()
+                    .await,
+            )
+            .collect();
         // Per processed message: `None` if it succeeded, else the queue to retry it on.
         let mut failed_on: Vec<Option<Option<String>>> = Vec::with_capacity(outcomes.len());
         for ((id, receipt, receive_count), outcome) in outcomes {
