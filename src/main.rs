@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod dashboard;
 mod gen;
+mod pipeline_cmd;
 mod plot;
 mod progress;
 mod report;
@@ -170,6 +171,11 @@ enum Command {
     /// time, billed GB-s, requests and cost per policy; CSV and plots of concurrency and
     /// backlog per stage in --out.
     Simulate(bench::simulate::SimulateArgs),
+    /// Pipelines as data: check a definition, run its declared tests, explain its stages.
+    Pipeline {
+        #[command(subcommand)]
+        command: pipeline_cmd::PipelineCommand,
+    },
     /// Generate input data in the state directory's blob store (`gen tweets`).
     Gen {
         #[command(subcommand)]
@@ -422,6 +428,7 @@ fn main() -> Result<()> {
                 json,
             } => bench::run(experiment, bench::Output { dir: out, json }).await,
             Command::Simulate(args) => bench::simulate::run(args).await,
+            Command::Pipeline { command } => pipeline_cmd::run(command, &state_dir).await,
         }
     })?;
     std::process::exit(code)

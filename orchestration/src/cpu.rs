@@ -28,6 +28,9 @@ static POOL: LazyLock<Option<Sender<Task>>> = LazyLock::new(|| {
         let rx = rx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("sluice-cpu-{n}"))
+            // Room for a pipeline's expressions, which evaluate recursively (their depth is
+            // bounded when they compile).
+            .stack_size(32 << 20)
             .spawn(move || loop {
                 // A poisoned lock still holds a working receiver: tasks never panic while
                 // holding it (they run after it is released, behind `catch_unwind`).

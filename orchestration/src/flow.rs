@@ -159,6 +159,11 @@ pub trait JobType: Send + Sync {
     fn params_schema(&self) -> Value {
         serde_json::json!({ "type": "object" })
     }
+    /// A job type written as data returns its canonical definition: it is part of the job
+    /// id, so an edited definition never serves a result the old one computed.
+    fn definition(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// A request that passed validation: its normalized params and its id.
@@ -181,16 +186,42 @@ impl fmt::Debug for Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            types: vec![
-                Arc::new(crate::jobs::Wordcount),
-                Arc::new(crate::jobs::FireTweets),
-            ],
-        }
+        let mut types: Vec<Arc<dyn JobType>> = vec![
+            Arc::new(crate::jobs::Wordcount),
+            Arc::new(crate::jobs::FireTweets),
+            Arc::new(crate::pipeline::AdHocPipeline),
+        ];
+        types.extend(crate::pipeline::shipped_types());
+        Self { types }
     }
 }
 
 impl Registry {
+    /// This registry with the pipelines of `dir` (`*.toml`), which replace shipped ones of
+    /// the same name: what `sluice` runs when the project's `pipelines/` is at hand, so an
+    /// edited definition runs without a rebuild. A file that does not compile is an error.
+    pub fn with_pipelines_in(mut self, dir: &std::path::Path) -> Result<Self, String> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(self);
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let pipeline = crate::pipeline::Pipeline::from_toml(&text)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let named = crate::pipeline::NamedPipeline::new(pipeline);
+            self.types.retain(|t| t.name() != named.name());
+            self.types.push(Arc::new(named));
+        }
+        Ok(self)
+    }
+
     /// A registry of exactly these job types.
     pub fn new(types: Vec<Arc<dyn JobType>>) -> Self {
         Self { types }
@@ -216,7 +247,15 @@ impl Registry {
     pub fn validate(&self, request: &JobRequest) -> Result<ValidRequest, ValidationError> {
         let job_type = self.get(&request.job_type)?;
         let params = job_type.normalize(&request.params)?;
-        let id = JobId::compute(job_type.name(), &params, job_type.flow_version());
+        let id = match job_type.definition() {
+            Some(definition) => JobId::compute_with(
+                job_type.name(),
+                &params,
+                job_type.flow_version(),
+                &definition,
+            ),
+            None => JobId::compute(job_type.name(), &params, job_type.flow_version()),
+        };
         Ok(ValidRequest {
             request: JobRequest {
                 job_type: request.job_type.clone(),

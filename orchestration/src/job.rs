@@ -53,6 +53,25 @@ impl JobId {
         Self(hex::encode(digest))
     }
 
+    /// The id of a job whose type is a definition: the canonical definition is hashed
+    /// with the params, so editing it changes every id it makes.
+    pub fn compute_with(
+        job_type: &str,
+        params: &Value,
+        flow_version: u32,
+        definition: &Value,
+    ) -> Self {
+        let canonical = serde_json::json!({
+            "definition": definition,
+            "flow_version": flow_version,
+            "params": params,
+            "type": job_type,
+        });
+        Self(hex::encode(Sha256::digest(
+            canonical.to_string().as_bytes(),
+        )))
+    }
+
     /// Parses a user-supplied id: exactly 64 lowercase hex digits.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.len() == 64

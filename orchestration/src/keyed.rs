@@ -72,6 +72,10 @@ pub enum Op {
 pub struct Field {
     pub name: String,
     pub op: Op,
+    /// A `top-k` field: keys are `group␟key`, and the result also ranks the k largest
+    /// keys of each group ([`Summary::groups`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_per_group: Option<u32>,
 }
 
 /// A flow's keyed fields, and how many keys to expect (to choose `R`).
@@ -490,6 +494,13 @@ pub struct Summary {
     pub by_key: String,
     pub by_value: String,
     pub bytes: u64,
+    /// A `top-k` field's ranking: the object of each group's k largest keys, one line a
+    /// group (`{"group": g, "top": [[key, value], ...]}`, groups sorted), and how many
+    /// groups it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_count: Option<u64>,
 }
 
 impl Summary {
@@ -505,6 +516,10 @@ impl Summary {
         });
         if let Some(total) = &self.total {
             v["total"] = total.clone();
+        }
+        if let Some(groups) = &self.groups {
+            v["groups"] = json!(groups);
+            v["group_count"] = json!(self.group_count.unwrap_or(0));
         }
         v
     }
@@ -526,6 +541,8 @@ impl Summary {
             by_key: v.get("by_key")?.as_str()?.to_owned(),
             by_value: v.get("by_value")?.as_str()?.to_owned(),
             bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            groups: v.get("groups").and_then(Value::as_str).map(str::to_owned),
+            group_count: v.get("group_count").and_then(Value::as_u64),
         })
     }
 }
@@ -568,6 +585,7 @@ pub fn sorted_bytes(map: KeyedMap) -> (Vec<u8>, Vec<u8>, Summary) {
         by_key: String::new(),
         by_value: String::new(),
         bytes: by_key.len() as u64,
+        ..Summary::default()
     };
     (by_key, by_value, summary)
 }
@@ -934,6 +952,24 @@ pub async fn finish_field(
         merge_sorted(blobs, &keys, false, by_key),
         merge_sorted(blobs, &values, true, by_value)
     )?;
+    let (groups, group_count) = match field.top_per_group {
+        Some(k) => {
+            let object = format!("{}.groups.jsonl", by_key.trim_end_matches(".by-key.jsonl"));
+            let sorted = blobs
+                .get(by_key)
+                .await?
+                .ok_or_else(|| KeyedError::Missing(by_key.to_owned()))?;
+            let name = by_key.to_owned();
+            let (out, n) = crate::cpu::run(move || rank_groups(&sorted, &name, k as usize))
+                .await
+                .map_err(|e| {
+                    KeyedError::malformed(&field.name, format!("ranking panicked: {e}"))
+                })??;
+            blobs.put(&object, out).await?;
+            (Some(object), Some(n))
+        }
+        None => (None, None),
+    };
     let mut total: Option<Cell> = None;
     let mut top: Vec<(Box<str>, Cell)> = Vec::new();
     for p in parts {
@@ -969,7 +1005,52 @@ pub async fn finish_field(
         by_key: by_key.to_owned(),
         by_value: by_value.to_owned(),
         bytes,
+        groups,
+        group_count,
     })
+}
+
+/// The separator of a `top-k` field's group and key.
+pub const GROUP_SEPARATOR: char = '\u{1f}';
+
+/// Each group's k largest keys (ties by key), from a by-key object whose keys are
+/// `group␟key` (so one group's keys are adjacent): one JSON line a group, in group order,
+/// and how many groups. Memory is one group's keys at a time.
+pub fn rank_groups(sorted: &[u8], object: &str, k: usize) -> Result<(Vec<u8>, u64), KeyedError> {
+    let text = std::str::from_utf8(sorted).map_err(|e| KeyedError::Corrupt {
+        object: object.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    let mut groups = 0u64;
+    let mut current: Option<String> = None;
+    let mut keys: Vec<(Box<str>, Cell)> = Vec::new();
+    let flush = |group: &str, keys: &mut Vec<(Box<str>, Cell)>, out: &mut Vec<u8>| {
+        keys.sort_by(by_value_order);
+        keys.truncate(k);
+        let top: Vec<Value> = keys.iter().map(|(k, v)| json!([k, v.to_json()])).collect();
+        out.extend_from_slice(json!({"group": group, "top": top}).to_string().as_bytes());
+        out.push(b'\n');
+        keys.clear();
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (key, value) = parse_entry(line, object)?;
+        let (group, key) = key
+            .split_once(GROUP_SEPARATOR)
+            .unwrap_or(("", key.as_str()));
+        if current.as_deref() != Some(group) {
+            if let Some(g) = current.take() {
+                flush(&g, &mut keys, &mut out);
+            }
+            current = Some(group.to_owned());
+            groups += 1;
+        }
+        keys.push((key.into(), value));
+    }
+    if let Some(g) = current {
+        flush(&g, &mut keys, &mut out);
+    }
+    Ok((out, groups))
 }
 
 /// A page of a result object: up to `limit` entries from byte offset `cursor`, and the
@@ -1040,13 +1121,36 @@ pub async fn read_all(
         .collect()
 }
 
+/// A `top-k` field's ranking, whole: `{group: [[key, value], ...]}`.
+pub async fn read_groups(blobs: &dyn Blobs, object: &str) -> Result<Value, KeyedError> {
+    let bytes = blobs
+        .get(object)
+        .await?
+        .ok_or_else(|| KeyedError::Missing(object.to_owned()))?;
+    let corrupt = |message: String| KeyedError::Corrupt {
+        object: object.to_owned(),
+        message,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut out = serde_json::Map::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).map_err(|e| corrupt(e.to_string()))?;
+        let group = v["group"].as_str().unwrap_or_default().to_owned();
+        out.insert(group, v["top"].clone());
+    }
+    Ok(Value::Object(out))
+}
+
 /// A result with every keyed summary replaced by the whole map it summarizes.
 pub async fn expand(blobs: &dyn Blobs, result: &Value) -> Result<Value, KeyedError> {
     let mut out = result.clone();
     if let Some(object) = out.as_object_mut() {
         for (_, v) in object.iter_mut() {
             if let Some(summary) = Summary::from_result(v) {
-                *v = json!(read_all(blobs, &summary).await?);
+                *v = match &summary.groups {
+                    Some(object) => read_groups(blobs, object).await?,
+                    None => json!(read_all(blobs, &summary).await?),
+                };
             }
         }
     }
@@ -1087,6 +1191,7 @@ mod tests {
         Field {
             name: "w".into(),
             op: Op::Sum,
+            top_per_group: None,
         }
     }
 

@@ -50,6 +50,7 @@ pub mod ledger;
 pub mod local;
 pub mod meter;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod ports;
 pub mod record;

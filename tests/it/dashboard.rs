@@ -63,7 +63,16 @@ async fn job_types_timeline_and_list_give_the_dashboard_its_data() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["wordcount", "fire-tweets"]);
+    // The built-in types first, then ad-hoc pipelines and the shipped definitions.
+    assert_eq!(names[..3], ["wordcount", "fire-tweets", "pipeline"]);
+    for shipped in [
+        "top-hashtags",
+        "keyword-per-hour",
+        "distinct-users",
+        "word-frequencies",
+    ] {
+        assert!(names.contains(&shipped), "{names:?}");
+    }
     let wordcount = &types["job_types"][0]["params"]["properties"];
     assert_eq!(wordcount["messages"]["maximum"], 100_000_000);
     assert_eq!(wordcount["per_word"]["type"], "boolean");

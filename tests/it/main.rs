@@ -9,6 +9,7 @@ mod dashboard;
 mod engine;
 mod keyed;
 mod moto;
+mod pipelines;
 mod real_tweets;
 mod signed;
 mod simulate;

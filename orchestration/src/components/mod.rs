@@ -3,10 +3,10 @@
 //! redelivery harmless: a duplicate produces the same partial, and the ledger drops it.
 
 pub mod blob_lines;
-mod filter;
+pub(crate) mod filter;
 mod sum;
 mod synthetic_text;
-mod tweet_match;
+pub(crate) mod tweet_match;
 mod word_count;
 
 use std::sync::Arc;

@@ -103,7 +103,7 @@ struct Scan<'m> {
 /// checked), or an offset other than `+0000` (Twitter writes none, but the format allows it,
 /// and then the date shown may be another day's), or escaped ASCII (`\u0031`) that could
 /// spell either. Every other line of a folder read for `day`'s late tweets is skipped unread.
-fn late_needles(day: Day) -> Vec<String> {
+pub(crate) fn late_needles(day: Day) -> Vec<String> {
     let date = &twitter_timestamp(day.start_secs())[3..11];
     let mut needles = vec![date.to_owned(), "\\u00".to_owned()];
     for d in 1..=9 {

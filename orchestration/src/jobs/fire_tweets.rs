@@ -243,6 +243,7 @@ pub fn cities_spec() -> keyed::Spec {
         fields: vec![keyed::Field {
             name: "cities".into(),
             op: keyed::Op::Sum,
+            top_per_group: None,
         }],
         expected_keys: keyed::ExpectedKeys::AtMost(10_000),
     }

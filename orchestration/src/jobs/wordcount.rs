@@ -221,6 +221,7 @@ pub fn per_word_spec(expected_keys: keyed::ExpectedKeys) -> keyed::Spec {
         fields: vec![keyed::Field {
             name: "per_word".into(),
             op: keyed::Op::Sum,
+            top_per_group: None,
         }],
         expected_keys,
     }

@@ -24,7 +24,7 @@ fn is_word_char(c: char) -> bool {
 
 /// The words of an already lowercased text, in order. (Lowercasing first, then splitting,
 /// is done the same way for keywords and texts, so the two always agree.)
-fn words(lowered: &str) -> impl Iterator<Item = &str> {
+pub fn words(lowered: &str) -> impl Iterator<Item = &str> {
     lowered
         .split(|c: char| !is_word_char(c))
         .filter(|w| !w.is_empty())

@@ -1,0 +1,1582 @@
+//! A compiled pipeline, and the components it runs as: [`PipelineScan`] reads a
+//! partition's lines into records, runs the record steps (fused: no queue between them)
+//! and aggregates what reaches their end; [`PipelineReduce`] folds the partials' scalar
+//! aggregates. By-key aggregates leave the partial as keyed maps (the shuffle).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cel::{Context, Value as Cel};
+use hyperloglogplus::{HyperLogLog, HyperLogLogPF};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::definition::{AggregateOp, Bucket, Definition, Format, ParamType, TimeFormat};
+use super::expr::{self, Expr, Number};
+use super::{
+    compile_expr, op_name, DefinitionError, MAX_AGGREGATES, MAX_K, MAX_PARAMS, MAX_STEPS, MAX_TESTS,
+};
+use crate::components::blob_lines::MAX_LINE_BYTES;
+use crate::components::{ComponentError, Reduce, Transform};
+use crate::jsonl::{FieldPaths, Fields, Raw};
+use crate::keyed::{Cell, KeyedFields, KeyedMap, Op, GROUP_SEPARATOR};
+use crate::tweets::matching::Needles;
+use crate::tweets::Day;
+
+/// Records one input line may become through `explode` and `tokenize`: past it the line
+/// counts in `expression_errors`, so steps cannot multiply a line's cost without bound.
+pub const MAX_FANOUT: u64 = 100_000;
+/// Names the engine binds: a step may not rebind them.
+const RESERVED: [&str; 3] = ["params", "line", "record_time"];
+/// Prefixes of the engine's own objects: a source may not read them.
+const ENGINE_PREFIXES: [&str; 5] = ["results/", "shuffle/", "dead/", "payloads/", "claims/"];
+const KEEP_ALIVE: &str = "keep-alive";
+
+#[derive(Debug)]
+pub(crate) enum CStep {
+    Filter(Expr),
+    Compute(Expr, String),
+    Explode(Expr, String),
+    Tokenize(Expr, String),
+}
+
+impl CStep {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            CStep::Filter(e) => format!("filter `{}`", e.source),
+            CStep::Compute(e, n) => format!("compute {n} = `{}`", e.source),
+            CStep::Explode(e, n) => format!("explode `{}` as {n}", e.source),
+            CStep::Tokenize(e, n) => format!("tokenize `{}` as {n}", e.source),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct CAggregate {
+    pub name: String,
+    pub op: AggregateOp,
+    value: Option<Expr>,
+    key: Option<Expr>,
+    group: Option<Expr>,
+    /// A number, or an integer parameter's name.
+    k: Option<Result<u64, String>>,
+    time: Option<Expr>,
+    bucket: Bucket,
+    precision: u8,
+    when: Option<Expr>,
+}
+
+impl CAggregate {
+    /// The keyed field's combining op, for a by-key aggregate.
+    pub(crate) fn keyed_op(&self) -> Option<Op> {
+        match self.op {
+            AggregateOp::CountBy
+            | AggregateOp::SumBy
+            | AggregateOp::TopK
+            | AggregateOp::Histogram => Some(Op::Sum),
+            AggregateOp::MinBy => Some(Op::Min),
+            AggregateOp::MaxBy => Some(Op::Max),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn top_k(&self, params: &Map<String, Value>) -> Option<u32> {
+        if self.op != AggregateOp::TopK {
+            return None;
+        }
+        let k = match self.k.as_ref()? {
+            Ok(k) => *k,
+            Err(param) => params.get(param).and_then(Value::as_u64).unwrap_or(1),
+        };
+        Some(k.clamp(1, MAX_K) as u32)
+    }
+
+    pub(crate) fn describe(&self, params: &Map<String, Value>) -> String {
+        let e = |x: &Option<Expr>| x.as_ref().map(|e| e.source.clone()).unwrap_or_default();
+        let mut s = match self.op {
+            AggregateOp::Count => "count".to_owned(),
+            AggregateOp::Sum | AggregateOp::Min | AggregateOp::Max => {
+                format!("{} of `{}`", op_name(self.op), e(&self.value))
+            }
+            AggregateOp::CountBy => format!("count by `{}` (keyed)", e(&self.key)),
+            AggregateOp::SumBy | AggregateOp::MinBy | AggregateOp::MaxBy => format!(
+                "{} of `{}` by `{}` (keyed)",
+                op_name(self.op),
+                e(&self.value),
+                e(&self.key)
+            ),
+            AggregateOp::TopK => format!(
+                "top {} of `{}` per `{}` (keyed, ranked per group)",
+                self.top_k(params).unwrap_or(0),
+                e(&self.key),
+                e(&self.group)
+            ),
+            AggregateOp::Distinct => format!(
+                "distinct `{}` (HyperLogLog, 2^{} registers, standard error {:.2} %)",
+                e(&self.value),
+                self.precision,
+                standard_error(self.precision) * 100.0
+            ),
+            AggregateOp::Histogram => format!(
+                "histogram of `{}` by {:?} (keyed)",
+                self.time
+                    .as_ref()
+                    .map_or("record_time".to_owned(), |t| t.source.clone()),
+                self.bucket
+            )
+            .to_lowercase(),
+        };
+        if let Some(w) = &self.when {
+            s.push_str(&format!(" where `{}`", w.source));
+        }
+        s
+    }
+}
+
+/// How a record's top-level name is built from the captured fields.
+#[derive(Debug)]
+struct Root {
+    name: String,
+    /// (path below the name, empty for the whole value; field index).
+    parts: Vec<(Vec<String>, usize)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    format: Format,
+    records: String,
+    paths: Option<FieldPaths>,
+    roots: Vec<Root>,
+    time: Option<(usize, TimeFormat)>,
+    require: Vec<usize>,
+    notices: Option<(FieldPaths, Vec<String>)>,
+    pub(crate) steps: Vec<CStep>,
+    pub(crate) aggregates: Vec<CAggregate>,
+    has_days: bool,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> DefinitionError {
+    DefinitionError::new(path, message)
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 64
+}
+
+fn is_field_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Compiled {
+    pub(crate) fn new(def: &Definition) -> Result<Compiled, DefinitionError> {
+        let name_ok = !def.name.is_empty()
+            && def.name.len() <= 63
+            && def.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && def
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(err(
+                "name",
+                "must be 1 to 63 lowercase letters, digits and dashes, starting with a letter",
+            ));
+        }
+        if ["wordcount", "fire-tweets", super::AD_HOC].contains(&def.name.as_str()) {
+            return Err(err(
+                "name",
+                format!("`{}` is a built-in job type", def.name),
+            ));
+        }
+        if def.params.len() > MAX_PARAMS {
+            return Err(err("params", format!("at most {MAX_PARAMS} parameters")));
+        }
+        if def.steps.len() > MAX_STEPS {
+            return Err(err(
+                "steps",
+                format!("at most {MAX_STEPS} steps, got {}", def.steps.len()),
+            ));
+        }
+        if def.reduce.is_empty() || def.reduce.len() > MAX_AGGREGATES {
+            return Err(err("reduce", format!("1 to {MAX_AGGREGATES} aggregates")));
+        }
+        if def.tests.len() > MAX_TESTS {
+            return Err(err("tests", format!("at most {MAX_TESTS} tests")));
+        }
+        for (name, p) in &def.params {
+            let path = format!("params.{name}");
+            if !is_name(name) {
+                return Err(err(
+                    path,
+                    "a parameter's name is lowercase letters, digits and _",
+                ));
+            }
+            if let Some(d) = &p.default {
+                super::check_param(&path, p, d.clone())
+                    .map_err(|e| err(format!("{path}.default"), e.message))?;
+            }
+            if let (Some(a), Some(b)) = (p.min, p.max) {
+                if a > b {
+                    return Err(err(format!("{path}.min"), "is above max"));
+                }
+            }
+        }
+        let param_type = |name: &str| def.params.get(name).map(|p| p.kind);
+
+        // The source.
+        let src = &def.source;
+        let prefix = &src.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 512
+            || prefix.starts_with('/')
+            || prefix.split('/').any(|s| s == ".." || s == ".")
+            || ENGINE_PREFIXES
+                .iter()
+                .any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str()))
+        {
+            return Err(err(
+                "source.prefix",
+                format!(
+                    "must be a relative key prefix in the deployment's data (not under the engine's own {})",
+                    ENGINE_PREFIXES.join(", ")
+                ),
+            ));
+        }
+        if let Some(days) = &src.days {
+            if !prefix.ends_with('/') {
+                return Err(err(
+                    "source.prefix",
+                    "a date-partitioned prefix ends with `/`",
+                ));
+            }
+            for (field, p) in [("from", &days.from), ("to", &days.to)] {
+                if param_type(p) != Some(ParamType::Date) {
+                    return Err(err(
+                        format!("source.days.{field}"),
+                        format!("must name a `date` parameter, not `{p}`"),
+                    ));
+                }
+            }
+            if let Some(p) = &days.allow_missing {
+                if param_type(p) != Some(ParamType::Boolean) {
+                    return Err(err(
+                        "source.days.allow_missing",
+                        format!("must name a `boolean` parameter, not `{p}`"),
+                    ));
+                }
+            }
+        }
+        let text = src.format == Format::TextLines;
+        if text && (src.time.is_some() || !src.notices.is_empty() || !src.require.is_empty()) {
+            return Err(err(
+                "source",
+                "`time`, `notices` and `require` read JSON fields: they need `format = \"json-lines\"`",
+            ));
+        }
+        let records = src.records.clone().unwrap_or_else(|| "records".into());
+        if !is_name(&records) {
+            return Err(err("source.records", "lowercase letters, digits and _"));
+        }
+        for (i, n) in src.notices.iter().enumerate() {
+            if !is_field_name(n) {
+                return Err(err(format!("source.notices[{i}]"), "a top-level key"));
+            }
+        }
+
+        // Steps: names bound so far decide what a free name in an expression is.
+        let mut bound: BTreeSet<String> = BTreeSet::new();
+        let mut record_paths: BTreeSet<String> = BTreeSet::new();
+        let mut steps = Vec::with_capacity(def.steps.len());
+        let resolve = |path: &str,
+                       refs: &expr::References,
+                       bound: &BTreeSet<String>,
+                       record_paths: &mut BTreeSet<String>|
+         -> Result<(), DefinitionError> {
+            for p in &refs.paths {
+                let root = p.split('.').next().unwrap_or_default();
+                if root == "params" {
+                    let name = p.split('.').nth(1);
+                    match name {
+                        Some(n) if def.params.contains_key(n) => {}
+                        Some(n) => {
+                            return Err(err(
+                                path,
+                                format!("`params.{n}` is not a parameter of this pipeline"),
+                            ))
+                        }
+                        None => {}
+                    }
+                    continue;
+                }
+                if bound.contains(root) || root == "record_time" && src.time.is_some() {
+                    continue;
+                }
+                if text {
+                    if root == "line" {
+                        continue;
+                    }
+                    return Err(err(
+                        path,
+                        format!("unknown name `{root}`: a text-lines record is `line`, and steps bind names with `as`"),
+                    ));
+                }
+                record_paths.insert(p.clone());
+            }
+            Ok(())
+        };
+        let mut fanout_steps = 0;
+        for (i, s) in def.steps.iter().enumerate() {
+            let path = format!("steps[{i}]");
+            let given: Vec<(&str, &String)> = [
+                ("filter", &s.filter),
+                ("compute", &s.compute),
+                ("explode", &s.explode),
+                ("tokenize", &s.tokenize),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+            .collect();
+            let [(kind, source)] = given[..] else {
+                return Err(err(
+                    path,
+                    "a step is exactly one of `filter`, `compute`, `explode`, `tokenize`",
+                ));
+            };
+            let epath = format!("{path}.{kind}");
+            let (e, refs) = compile_expr(&epath, source)?;
+            resolve(&epath, &refs, &bound, &mut record_paths)?;
+            let step = if kind == "filter" {
+                if s.name.is_some() {
+                    return Err(err(format!("{path}.as"), "a filter binds no name"));
+                }
+                CStep::Filter(e)
+            } else {
+                let name = s.name.clone().ok_or_else(|| {
+                    err(
+                        format!("{path}.as"),
+                        format!("`{kind}` needs `as`: the name it binds"),
+                    )
+                })?;
+                if !is_name(&name) || RESERVED.contains(&name.as_str()) {
+                    return Err(err(
+                        format!("{path}.as"),
+                        format!(
+                            "`{name}`: a name is lowercase letters, digits and _, and not {}",
+                            RESERVED.join(", ")
+                        ),
+                    ));
+                }
+                bound.insert(name.clone());
+                match kind {
+                    "compute" => CStep::Compute(e, name),
+                    "explode" => {
+                        fanout_steps += 1;
+                        CStep::Explode(e, name)
+                    }
+                    _ => {
+                        fanout_steps += 1;
+                        CStep::Tokenize(e, name)
+                    }
+                }
+            };
+            steps.push(step);
+        }
+        let _ = fanout_steps;
+
+        // Aggregates.
+        let source_fields: BTreeSet<String> = source_field_names(&records, def);
+        let mut aggregates = Vec::with_capacity(def.reduce.len());
+        for (name, a) in &def.reduce {
+            let path = format!("reduce.{name}");
+            if !is_name(name) || source_fields.contains(name) {
+                return Err(err(
+                    path,
+                    format!("a result field is lowercase letters, digits and _, and not one of the source's ({})", source_fields.iter().cloned().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+            let mut expr_of = |field: &str,
+                               src: &Option<String>,
+                               needed: bool|
+             -> Result<Option<Expr>, DefinitionError> {
+                let fpath = format!("{path}.{field}");
+                match src {
+                    Some(s) => {
+                        if !needed {
+                            return Err(err(
+                                fpath,
+                                format!("`{}` takes no `{field}`", op_name(a.op)),
+                            ));
+                        }
+                        let (e, refs) = compile_expr(&fpath, s)?;
+                        resolve(&fpath, &refs, &bound, &mut record_paths)?;
+                        Ok(Some(e))
+                    }
+                    None => Ok(None),
+                }
+            };
+            use AggregateOp as A;
+            let wants_value = matches!(
+                a.op,
+                A::Sum | A::Min | A::Max | A::SumBy | A::MinBy | A::MaxBy | A::Distinct
+            );
+            let wants_key = matches!(a.op, A::CountBy | A::SumBy | A::MinBy | A::MaxBy | A::TopK);
+            let value = expr_of("value", &a.value, wants_value)?;
+            let key = expr_of("key", &a.key, wants_key)?;
+            let group = expr_of("group", &a.group, a.op == A::TopK)?;
+            let time = expr_of("time", &a.time, a.op == A::Histogram)?;
+            let when = expr_of("where", &a.when, true)?;
+            if wants_value && value.is_none() {
+                return Err(err(
+                    format!("{path}.value"),
+                    format!("`{}` needs `value`", op_name(a.op)),
+                ));
+            }
+            if wants_key && key.is_none() {
+                return Err(err(
+                    format!("{path}.key"),
+                    format!("`{}` needs `key`", op_name(a.op)),
+                ));
+            }
+            if a.op == A::TopK && group.is_none() {
+                return Err(err(
+                    format!("{path}.group"),
+                    "`top-k` needs `group` (use '' for one group)",
+                ));
+            }
+            if a.op == A::Histogram && time.is_none() && src.time.is_none() {
+                return Err(err(
+                    format!("{path}.time"),
+                    "a histogram needs `time`, or a source with `time`",
+                ));
+            }
+            if a.bucket.is_some() && a.op != A::Histogram {
+                return Err(err(
+                    format!("{path}.bucket"),
+                    "only a histogram has buckets",
+                ));
+            }
+            let k = match (&a.k, a.op) {
+                (None, A::TopK) => return Err(err(format!("{path}.k"), "`top-k` needs `k`")),
+                (None, _) => None,
+                (Some(_), op) if op != A::TopK => {
+                    return Err(err(format!("{path}.k"), "only `top-k` takes `k`"))
+                }
+                (Some(Value::Number(n)), _) => match n.as_u64().filter(|k| (1..=MAX_K).contains(k))
+                {
+                    Some(k) => Some(Ok(k)),
+                    None => return Err(err(format!("{path}.k"), format!("must be 1 to {MAX_K}"))),
+                },
+                (Some(Value::String(p)), _) => {
+                    match def.params.get(p) {
+                        Some(spec) if spec.kind == ParamType::Integer && spec.min.is_some_and(|m| m >= 1.0) && spec.max.is_some_and(|m| m <= MAX_K as f64) => {}
+                        _ => return Err(err(format!("{path}.k"), format!("`{p}` must be an integer parameter with min >= 1 and max <= {MAX_K}"))),
+                    }
+                    Some(Err(p.clone()))
+                }
+                _ => {
+                    return Err(err(
+                        format!("{path}.k"),
+                        "a number, or an integer parameter's name",
+                    ))
+                }
+            };
+            let precision = a.precision.unwrap_or(12);
+            if a.precision.is_some() && a.op != A::Distinct {
+                return Err(err(
+                    format!("{path}.precision"),
+                    "only `distinct` has a precision",
+                ));
+            }
+            if !(4..=16).contains(&precision) {
+                return Err(err(format!("{path}.precision"), "must be 4 to 16"));
+            }
+            aggregates.push(CAggregate {
+                name: name.clone(),
+                op: a.op,
+                value,
+                key,
+                group,
+                k,
+                time,
+                bucket: a.bucket.unwrap_or(Bucket::Hour),
+                precision,
+                when,
+            });
+        }
+
+        // Settings.
+        if let Some(b) = def.settings.partition_bytes {
+            let (lo, hi) = super::PARTITION_BYTES;
+            if !(lo..=hi).contains(&b) {
+                return Err(err(
+                    "settings.partition_bytes",
+                    format!("must be {lo} to {hi}"),
+                ));
+            }
+        }
+        if let Some(p) = &def.settings.policy {
+            p.parse::<crate::policy::Policy>()
+                .map_err(|e| err("settings.policy", e.to_string()))?;
+        }
+        if let Some(c) = def.settings.min_coverage {
+            if !(0.0..=1.0).contains(&c) {
+                return Err(err("settings.min_coverage", "must be 0 to 1"));
+            }
+        }
+
+        // The JSON fields the records need: one captured value per path, none inside another.
+        let (paths, roots, time, require, notices) = if text {
+            (None, Vec::new(), None, Vec::new(), None)
+        } else {
+            let mut wanted: BTreeSet<String> = record_paths;
+            for (i, r) in src.require.iter().enumerate() {
+                if r.is_empty() || r.split('.').any(|k| !is_field_name(k)) {
+                    return Err(err(format!("source.require[{i}]"), "a dotted path of keys"));
+                }
+                wanted.insert(r.clone());
+            }
+            if let Some(t) = &src.time {
+                if t.field.is_empty() || t.field.split('.').any(|k| !is_field_name(k)) {
+                    return Err(err("source.time.field", "a dotted path of keys"));
+                }
+                wanted.insert(t.field.clone());
+            }
+            let kept: Vec<String> = wanted
+                .iter()
+                .filter(|p| {
+                    !wanted.iter().any(|q| {
+                        q != *p
+                            && p.starts_with(q.as_str())
+                            && p.as_bytes().get(q.len()) == Some(&b'.')
+                    })
+                })
+                .cloned()
+                .collect();
+            let field_paths = FieldPaths::new(&kept).map_err(|e| err("source", e.to_string()))?;
+            // Where a path is found: the kept path it is, or is under.
+            let find = |p: &str| -> Option<(usize, Vec<String>)> {
+                kept.iter().enumerate().find_map(|(i, k)| {
+                    if p == k {
+                        Some((i, Vec::new()))
+                    } else if p.starts_with(k.as_str()) && p.as_bytes().get(k.len()) == Some(&b'.')
+                    {
+                        Some((i, p[k.len() + 1..].split('.').map(str::to_owned).collect()))
+                    } else {
+                        None
+                    }
+                })
+            };
+            let mut by_root: BTreeMap<String, Vec<(Vec<String>, usize)>> = BTreeMap::new();
+            for (i, k) in kept.iter().enumerate() {
+                let mut keys = k.split('.');
+                let root = keys.next().unwrap_or_default().to_owned();
+                by_root
+                    .entry(root)
+                    .or_default()
+                    .push((keys.map(str::to_owned).collect(), i));
+            }
+            let roots = by_root
+                .into_iter()
+                .map(|(name, parts)| Root { name, parts })
+                .collect();
+            let time = src.time.as_ref().and_then(|t| {
+                find(&t.field)
+                    .filter(|(_, rest)| rest.is_empty())
+                    .map(|(i, _)| (i, t.format))
+            });
+            if src.time.is_some() && time.is_none() {
+                return Err(err(
+                    "source.time.field",
+                    "an expression reads inside the time field; read it whole",
+                ));
+            }
+            let mut require = Vec::new();
+            for r in &src.require {
+                match find(r) {
+                    Some((i, rest)) if rest.is_empty() => require.push(i),
+                    _ => {
+                        return Err(err(
+                            "source.require",
+                            format!(
+                                "`{r}` is read inside by an expression; require its parent instead"
+                            ),
+                        ))
+                    }
+                }
+            }
+            let notices = if src.notices.is_empty() {
+                None
+            } else {
+                Some((
+                    FieldPaths::new(&src.notices)
+                        .map_err(|e| err("source.notices", e.to_string()))?,
+                    src.notices.clone(),
+                ))
+            };
+            (Some(field_paths), roots, time, require, notices)
+        };
+        Ok(Compiled {
+            format: src.format,
+            records,
+            paths,
+            roots,
+            time,
+            require,
+            notices,
+            steps,
+            aggregates,
+            has_days: src.days.is_some(),
+        })
+    }
+
+    /// The fields the source itself adds to a result.
+    pub(crate) fn source_fields(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("{}_scanned", self.records),
+            "malformed_lines".to_owned(),
+            "expression_errors".to_owned(),
+        ];
+        if self.has_days {
+            out.push(format!("{}_outside_range", self.records));
+            out.push("missing_days".to_owned());
+        }
+        if self.notices.is_some() {
+            out.push("notices".to_owned());
+        }
+        out
+    }
+}
+
+fn source_field_names(records: &str, def: &Definition) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = [
+        format!("{records}_scanned"),
+        "malformed_lines".into(),
+        "expression_errors".into(),
+    ]
+    .into();
+    if def.source.days.is_some() {
+        out.insert(format!("{records}_outside_range"));
+        out.insert("missing_days".into());
+    }
+    if !def.source.notices.is_empty() {
+        out.insert("notices".into());
+    }
+    out
+}
+
+/// HyperLogLog's hash: xxh3, the same in every process and version (a sketch made by one
+/// invocation merges with another's).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct StableHash;
+
+impl std::hash::BuildHasher for StableHash {
+    type Hasher = xxhash_rust::xxh3::Xxh3;
+    fn build_hasher(&self) -> Self::Hasher {
+        xxhash_rust::xxh3::Xxh3::new()
+    }
+}
+
+type Sketch = HyperLogLogPF<str, StableHash>;
+
+pub fn standard_error(precision: u8) -> f64 {
+    1.04 / f64::from(1u32 << precision).sqrt()
+}
+
+fn sketch_json(mut s: Sketch, precision: u8) -> Value {
+    let estimate = s.count().round() as u64;
+    json!({
+        "estimate": estimate,
+        "standard_error": standard_error(precision),
+        "precision": precision,
+        "sketch": serde_json::to_value(&s).unwrap_or(Value::Null),
+    })
+}
+
+enum Acc {
+    Count(u64),
+    Number(Option<Number>),
+    Keyed(KeyedMap),
+    Distinct(Box<Sketch>),
+}
+
+/// One partition's scan: counters and accumulators.
+struct Scan<'p> {
+    c: &'p Compiled,
+    scanned: u64,
+    outside_range: u64,
+    malformed: u64,
+    errors: u64,
+    notices: BTreeMap<String, u64>,
+    missing_days: BTreeMap<String, u64>,
+    accs: Vec<Acc>,
+    fanout: u64,
+    /// The current record's time (the source's `time`), for histograms.
+    record_secs: Option<i64>,
+}
+
+/// A partition's folder under a date-partitioned source, as fire-tweets reads its days:
+/// a folder holds the records created on its day and, filed late, the day before.
+struct Folder {
+    /// Unix seconds `[lo, hi)` a record here must be created in to count.
+    window: (i64, i64),
+    /// The days a record here may be filed for: one created outside them is misfiled.
+    filed_for: Option<(i64, i64)>,
+    /// The folder after the range: only its late records are read, nothing else counted.
+    late_only: bool,
+    /// For Twitter's time format, a SIMD search that skips the folder's other lines.
+    late_needles: Option<Needles>,
+}
+
+/// The record steps and aggregates of a pipeline, as one transform stage.
+pub struct PipelineScan {
+    pub(crate) compiled: Arc<Compiled>,
+    pub(crate) params: Value,
+    /// A date-partitioned source's range (inclusive).
+    pub(crate) window: Option<(Day, Day)>,
+    pub(crate) day_of_prefix: BTreeMap<String, Day>,
+}
+
+impl PipelineScan {
+    fn folder(&self, payload: &Map<String, Value>) -> Option<Folder> {
+        let (a, b) = self.window?;
+        self.compiled.time?;
+        let whole = (a.start_secs(), b.plus(1).start_secs());
+        let f = payload
+            .get("prefix")
+            .and_then(Value::as_str)
+            .and_then(|p| self.day_of_prefix.get(p))
+            .filter(|f| (a..=b.plus(1)).contains(*f));
+        let Some(&f) = f else {
+            return Some(Folder {
+                window: whole,
+                filed_for: None,
+                late_only: false,
+                late_needles: None,
+            });
+        };
+        let window = (
+            f.plus(-1).max(a).start_secs(),
+            f.min(b).plus(1).start_secs(),
+        );
+        if f > b {
+            let twitter = matches!(self.compiled.time, Some((_, TimeFormat::Twitter)));
+            return Some(Folder {
+                window,
+                filed_for: None,
+                late_only: true,
+                late_needles: if twitter {
+                    Needles::new(&crate::components::tweet_match::late_needles(b))
+                } else {
+                    None
+                },
+            });
+        }
+        Some(Folder {
+            window,
+            filed_for: Some((f.plus(-1).start_secs(), f.plus(1).start_secs())),
+            late_only: false,
+            late_needles: None,
+        })
+    }
+
+    fn scan<'l>(
+        &self,
+        payload: &Map<String, Value>,
+        lines: impl Iterator<Item = &'l [u8]>,
+    ) -> Result<Scan<'_>, ComponentError> {
+        let c = &self.compiled;
+        let root = expr::root_context(&self.params).map_err(ComponentError::Malformed)?;
+        let mut scan = Scan {
+            c,
+            scanned: 0,
+            outside_range: 0,
+            malformed: 0,
+            errors: 0,
+            notices: BTreeMap::new(),
+            missing_days: BTreeMap::new(),
+            accs: c
+                .aggregates
+                .iter()
+                .map(|a| match (a.op, a.keyed_op()) {
+                    (_, Some(op)) => Acc::Keyed(KeyedMap::new(op)),
+                    (AggregateOp::Count, _) => Acc::Count(0),
+                    (AggregateOp::Distinct, _) => Acc::Distinct(Box::new(new_sketch(a.precision))),
+                    _ => Acc::Number(None),
+                })
+                .collect(),
+            fanout: 0,
+            record_secs: None,
+        };
+        if payload.get("empty") == Some(&Value::Bool(true)) {
+            if let Some(d) = payload
+                .get("prefix")
+                .and_then(Value::as_str)
+                .and_then(|p| self.day_of_prefix.get(p))
+            {
+                scan.missing_days.insert(d.to_string(), 1);
+            }
+        }
+        let folder = self.folder(payload);
+        let mut slots: Fields<'_> = c.paths.as_ref().map(FieldPaths::slots).unwrap_or_default();
+        for line in lines {
+            let line = &line[..line.len().min(MAX_LINE_BYTES)];
+            scan.line(line, &root, folder.as_ref(), &mut slots);
+        }
+        Ok(scan)
+    }
+}
+
+fn new_sketch(precision: u8) -> Sketch {
+    // The precision is checked (4 to 16) when the definition compiles.
+    HyperLogLogPF::new(precision, StableHash).unwrap_or_else(|_| {
+        HyperLogLogPF::new(12, StableHash).unwrap_or_else(|e| unreachable!("{e:?}"))
+    })
+}
+
+fn raw_to_json(raw: Raw<'_>) -> Value {
+    serde_json::from_slice(raw.0).unwrap_or(Value::Null)
+}
+
+fn parse_time(raw: Raw<'_>, format: TimeFormat) -> Option<i64> {
+    match format {
+        TimeFormat::Twitter => crate::jsonl::as_str(&Some(raw))
+            .and_then(|s| crate::tweets::calendar::parse_twitter_timestamp(&s)),
+        TimeFormat::Rfc3339 => crate::jsonl::as_str(&Some(raw))
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.timestamp()),
+        TimeFormat::UnixSeconds => raw_to_json(raw).as_f64().map(|f| f.floor() as i64),
+        TimeFormat::UnixMillis => {
+            let v = raw_to_json(raw);
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(|ms: i64| ms.div_euclid(1000))
+        }
+    }
+}
+
+fn timestamp(secs: i64) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::from_timestamp(secs, 0).map(|t| t.fixed_offset())
+}
+
+impl Scan<'_> {
+    fn line<'a>(
+        &mut self,
+        line: &'a [u8],
+        root: &Context<'_, '_>,
+        folder: Option<&Folder>,
+        slots: &mut Fields<'a>,
+    ) {
+        let c = self.c;
+        let late_only = folder.is_some_and(|f| f.late_only);
+        if let Some(n) = folder.and_then(|f| f.late_needles.as_ref()) {
+            if !n.is_match(line) {
+                return;
+            }
+        }
+        if line.trim_ascii().is_empty() {
+            if c.notices.is_some() && !late_only {
+                *self.notices.entry(KEEP_ALIVE.to_owned()).or_default() += 1;
+            }
+            return;
+        }
+        let mut scope = root.new_inner_scope();
+        let mut time_secs = None;
+        match (&c.paths, c.format) {
+            (_, Format::TextLines) => {
+                self.scanned += 1;
+                scope.add_variable_from_value(
+                    "line",
+                    Cel::String(Arc::new(String::from_utf8_lossy(line).into_owned())),
+                );
+            }
+            (None, _) => return,
+            (Some(paths), Format::JsonLines) => {
+                if paths.read(line, slots).is_err() {
+                    if !late_only {
+                        self.malformed += 1;
+                    }
+                    return;
+                }
+                if let Some((i, format)) = c.time {
+                    time_secs = slots[i].and_then(|raw| parse_time(raw, format));
+                    if time_secs.is_none() {
+                        if !late_only {
+                            self.notice_or_malformed(line);
+                        }
+                        return;
+                    }
+                }
+                if c.require
+                    .iter()
+                    .any(|&i| slots[i].is_none_or(|r| r.is_null()))
+                {
+                    if !late_only {
+                        if c.time.is_some() {
+                            self.malformed += 1;
+                        } else {
+                            self.notice_or_malformed(line);
+                        }
+                    }
+                    return;
+                }
+                if let (Some(f), Some(t)) = (folder, time_secs) {
+                    let in_window = (f.window.0..f.window.1).contains(&t);
+                    if !late_only {
+                        self.scanned += 1;
+                        let misfiled = f.filed_for.is_none_or(|(a, b)| !(a..b).contains(&t));
+                        if !in_window && misfiled {
+                            self.outside_range += 1;
+                        }
+                    }
+                    if !in_window {
+                        return;
+                    }
+                } else {
+                    self.scanned += 1;
+                }
+                for r in &c.roots {
+                    scope.add_variable_from_value(r.name.clone(), root_value(r, slots));
+                }
+                if let Some(t) = time_secs.and_then(timestamp) {
+                    scope.add_variable_from_value("record_time", Cel::Timestamp(t));
+                }
+            }
+        }
+        self.fanout = 0;
+        self.record_secs = time_secs;
+        if !self.steps(0, &scope) {
+            self.errors += 1;
+        }
+    }
+
+    fn notice_or_malformed(&mut self, line: &[u8]) {
+        if let Some((paths, kinds)) = &self.c.notices {
+            let mut slots = paths.slots();
+            if paths.read(line, &mut slots).is_ok() {
+                if let Some((kind, _)) = kinds.iter().zip(&slots).find(|(_, v)| v.is_some()) {
+                    *self.notices.entry(kind.clone()).or_default() += 1;
+                    return;
+                }
+            }
+        }
+        self.malformed += 1;
+    }
+
+    /// Runs steps `i..` on one record; false when an expression failed (or the line's
+    /// records passed [`MAX_FANOUT`]).
+    fn steps(&mut self, i: usize, ctx: &Context<'_, '_>) -> bool {
+        let c = self.c;
+        let Some(step) = c.steps.get(i) else {
+            self.fanout += 1;
+            if self.fanout > MAX_FANOUT {
+                return false;
+            }
+            return self.aggregate(ctx);
+        };
+        match step {
+            CStep::Filter(e) => match e.eval(ctx) {
+                Ok(Cel::Bool(true)) => self.steps(i + 1, ctx),
+                Ok(Cel::Bool(false)) | Ok(Cel::Null) => true,
+                _ => false,
+            },
+            CStep::Compute(e, name) => match e.eval(ctx) {
+                Ok(v) => {
+                    let mut inner = ctx.new_inner_scope();
+                    inner.add_variable_from_value(name.clone(), v);
+                    self.steps(i + 1, &inner)
+                }
+                Err(_) => false,
+            },
+            CStep::Explode(e, name) => match e.eval(ctx) {
+                Ok(Cel::List(items)) => {
+                    let mut ok = true;
+                    for item in items.iter() {
+                        let mut inner = ctx.new_inner_scope();
+                        inner.add_variable_from_value(name.clone(), item.clone());
+                        ok &= self.steps(i + 1, &inner);
+                        if self.fanout > MAX_FANOUT {
+                            return false;
+                        }
+                    }
+                    ok
+                }
+                Ok(Cel::Null) => true,
+                _ => false,
+            },
+            CStep::Tokenize(e, name) => match e.eval(ctx) {
+                Ok(Cel::String(text)) => {
+                    let lowered = text.to_lowercase();
+                    let mut ok = true;
+                    for w in expr::tokens(&lowered) {
+                        let mut inner = ctx.new_inner_scope();
+                        inner.add_variable_from_value(
+                            name.clone(),
+                            Cel::String(Arc::new(w.to_owned())),
+                        );
+                        ok &= self.steps(i + 1, &inner);
+                        if self.fanout > MAX_FANOUT {
+                            return false;
+                        }
+                    }
+                    ok
+                }
+                Ok(Cel::Null) => true,
+                _ => false,
+            },
+        }
+    }
+
+    fn aggregate(&mut self, ctx: &Context<'_, '_>) -> bool {
+        let mut ok = true;
+        for (a, acc) in self.c.aggregates.iter().zip(self.accs.iter_mut()) {
+            if let Some(w) = &a.when {
+                match w.eval(ctx) {
+                    Ok(Cel::Bool(true)) => {}
+                    Ok(Cel::Bool(false)) | Ok(Cel::Null) => continue,
+                    _ => {
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+            ok &= add(a, acc, ctx, self.record_secs).is_some();
+        }
+        ok
+    }
+
+    fn counters(&self) -> Map<String, Value> {
+        let c = self.c;
+        let mut out = Map::new();
+        out.insert(format!("{}_scanned", c.records), json!(self.scanned));
+        out.insert("malformed_lines".into(), json!(self.malformed));
+        out.insert("expression_errors".into(), json!(self.errors));
+        if c.has_days {
+            out.insert(
+                format!("{}_outside_range", c.records),
+                json!(self.outside_range),
+            );
+            out.insert("missing_days".into(), json!(self.missing_days));
+        }
+        if c.notices.is_some() {
+            out.insert("notices".into(), json!(self.notices));
+        }
+        out
+    }
+
+    /// The partial: counters and scalar aggregates, and the by-key aggregates as maps.
+    fn finish(self) -> (Value, KeyedFields) {
+        let mut out = self.counters();
+        let mut keyed = Vec::new();
+        for (a, acc) in self.c.aggregates.iter().zip(self.accs) {
+            match acc {
+                Acc::Count(n) => {
+                    out.insert(a.name.clone(), json!(n));
+                }
+                Acc::Number(n) => {
+                    let v = match (n, a.op) {
+                        (None, AggregateOp::Sum) => json!(0),
+                        (None, _) => Value::Null,
+                        (Some(Number::Int(i)), _) => json!(i),
+                        (Some(Number::Real(f)), _) => json!(f),
+                    };
+                    out.insert(a.name.clone(), v);
+                }
+                Acc::Keyed(map) => keyed.push((a.name.clone(), map)),
+                Acc::Distinct(s) => {
+                    out.insert(a.name.clone(), sketch_json(*s, a.precision));
+                }
+            }
+        }
+        (Value::Object(out), keyed)
+    }
+}
+
+/// A record's top-level name from its captured fields: the whole value, or an object of
+/// the captured paths below it (absent ones left out; a whole absent name is null).
+fn root_value(r: &Root, slots: &Fields<'_>) -> Cel {
+    if let [(rest, i)] = &r.parts[..] {
+        if rest.is_empty() {
+            return slots[*i].map_or(Cel::Null, |raw| expr::to_cel(&raw_to_json(raw)));
+        }
+    }
+    // Read only by its fields: an object of those present (empty when the name is absent
+    // or null), so `has(place.country_code)` is false rather than an error.
+    let mut obj = Value::Object(Map::new());
+    for (rest, i) in &r.parts {
+        let Some(raw) = slots[*i] else { continue };
+        let mut at = &mut obj;
+        for (j, k) in rest.iter().enumerate() {
+            let Value::Object(m) = at else { break };
+            if j + 1 == rest.len() {
+                m.insert(k.clone(), raw_to_json(raw));
+                break;
+            }
+            at = m
+                .entry(k.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+    }
+    expr::to_cel(&obj)
+}
+
+/// Adds one record to an aggregate; `None` when an expression failed.
+fn add(
+    a: &CAggregate,
+    acc: &mut Acc,
+    ctx: &Context<'_, '_>,
+    record_secs: Option<i64>,
+) -> Option<()> {
+    let eval = |e: &Option<Expr>| e.as_ref().map(|e| e.eval(ctx));
+    match acc {
+        Acc::Count(n) => *n += 1,
+        Acc::Number(slot) => {
+            let v = eval(&a.value)?.ok()?;
+            if v == Cel::Null {
+                return Some(());
+            }
+            let x = expr::number(&v)?;
+            *slot = Some(match (*slot, a.op) {
+                (None, _) => x,
+                (Some(acc), AggregateOp::Sum) => add_numbers(acc, x),
+                (Some(acc), AggregateOp::Min) => {
+                    if x.as_f64() < acc.as_f64() {
+                        x
+                    } else {
+                        acc
+                    }
+                }
+                (Some(acc), _) => {
+                    if x.as_f64() > acc.as_f64() {
+                        x
+                    } else {
+                        acc
+                    }
+                }
+            });
+        }
+        Acc::Distinct(s) => {
+            let v = eval(&a.value)?.ok()?;
+            if v == Cel::Null {
+                return Some(());
+            }
+            s.insert(expr::key_text(&v)?.as_str());
+        }
+        Acc::Keyed(map) => {
+            let key = match a.op {
+                AggregateOp::Histogram => {
+                    let t = match &a.time {
+                        Some(e) => e.eval(ctx).ok()?,
+                        None => Cel::Timestamp(timestamp(record_secs?)?),
+                    };
+                    let Cel::Timestamp(t) = t else { return None };
+                    bucket_key(t.timestamp(), a.bucket)?
+                }
+                AggregateOp::TopK => {
+                    let g = eval(&a.group)?.ok()?;
+                    let k = eval(&a.key)?.ok()?;
+                    if k == Cel::Null {
+                        return Some(());
+                    }
+                    let g = expr::key_text(&g)?;
+                    if g.contains(GROUP_SEPARATOR) {
+                        return None;
+                    }
+                    format!("{g}{GROUP_SEPARATOR}{}", expr::key_text(&k)?)
+                }
+                _ => {
+                    let k = eval(&a.key)?.ok()?;
+                    if k == Cel::Null {
+                        return Some(());
+                    }
+                    expr::key_text(&k)?
+                }
+            };
+            match a.op {
+                AggregateOp::CountBy | AggregateOp::TopK | AggregateOp::Histogram => {
+                    map.count(&key)
+                }
+                _ => {
+                    let v = eval(&a.value)?.ok()?;
+                    if v == Cel::Null {
+                        return Some(());
+                    }
+                    let cell = match expr::number(&v)? {
+                        Number::Int(i) if i >= 0 => Cell::Int(i as u64),
+                        n => Cell::Real(n.as_f64()),
+                    };
+                    map.add(&key, cell).ok()?;
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+fn add_numbers(a: Number, b: Number) -> Number {
+    match (a, b) {
+        (Number::Int(x), Number::Int(y)) => x
+            .checked_add(y)
+            .map_or(Number::Real(x as f64 + y as f64), Number::Int),
+        (x, y) => Number::Real(x.as_f64() + y.as_f64()),
+    }
+}
+
+/// A time bucket's key: the bucket's start, RFC 3339 in UTC (sorts as time).
+fn bucket_key(secs: i64, bucket: Bucket) -> Option<String> {
+    let width = match bucket {
+        Bucket::Minute => 60,
+        Bucket::Hour => 3600,
+        Bucket::Day => 86_400,
+    };
+    let start = secs.div_euclid(width) * width;
+    chrono::DateTime::from_timestamp(start, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn text_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let last = (!text.is_empty() && text.last() != Some(&b'\n')).then_some(text.len());
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', text)
+        .chain(last)
+        .map(move |end| {
+            let raw = &text[start..end];
+            start = end + 1;
+            raw.strip_suffix(b"\r").unwrap_or(raw)
+        })
+}
+
+impl Transform for PipelineScan {
+    fn apply(&self, payload: Value) -> Result<Value, ComponentError> {
+        let fields = payload.as_object().cloned().unwrap_or_default();
+        let lines = crate::components::filter::lines(&payload)?;
+        let mut bytes: Vec<&[u8]> = Vec::with_capacity(lines.len());
+        for l in lines {
+            bytes.push(
+                l.as_str()
+                    .ok_or_else(|| ComponentError::Malformed("a line is not a string".into()))?
+                    .as_bytes(),
+            );
+        }
+        let (mut out, keyed) = self.scan(&fields, bytes.into_iter())?.finish();
+        if let Some(o) = out.as_object_mut() {
+            for (name, map) in keyed {
+                o.insert(name, map.to_json());
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_text(
+        &self,
+        text: &[u8],
+        fields: &Map<String, Value>,
+    ) -> Option<Result<Value, ComponentError>> {
+        Some(self.scan(fields, text_lines(text)).map(|s| {
+            let (mut out, keyed) = s.finish();
+            if let Some(o) = out.as_object_mut() {
+                for (name, map) in keyed {
+                    o.insert(name, map.to_json());
+                }
+            }
+            out
+        }))
+    }
+
+    fn apply_text_keyed(
+        &self,
+        text: &[u8],
+    ) -> Option<Result<(Value, KeyedFields), ComponentError>> {
+        // The payload's other fields (the day's prefix) matter to a dated source: it takes
+        // the `apply_text` path, which has them.
+        if self.window.is_some() {
+            return None;
+        }
+        Some(self.scan(&Map::new(), text_lines(text)).map(Scan::finish))
+    }
+}
+
+/// Folds partials: counters and counts add, sums add, mins and maxes keep theirs, maps of
+/// counters add by key, HyperLogLog sketches merge.
+pub struct PipelineReduce {
+    pub(crate) compiled: Arc<Compiled>,
+}
+
+#[derive(Clone, Copy)]
+enum Fold {
+    Add,
+    Min,
+    Max,
+    AddMap,
+    Sketch(u8),
+    Keyed,
+}
+
+impl PipelineReduce {
+    fn fold_of(&self, field: &str) -> Option<Fold> {
+        let c = &self.compiled;
+        if let Some(a) = c.aggregates.iter().find(|a| a.name == field) {
+            return Some(match a.op {
+                AggregateOp::Count | AggregateOp::Sum => Fold::Add,
+                AggregateOp::Min => Fold::Min,
+                AggregateOp::Max => Fold::Max,
+                AggregateOp::Distinct => Fold::Sketch(a.precision),
+                _ => Fold::Keyed,
+            });
+        }
+        match field {
+            "notices" | "missing_days" => Some(Fold::AddMap),
+            f if c.source_fields().iter().any(|s| s == f) => Some(Fold::Add),
+            _ => None,
+        }
+    }
+}
+
+fn json_number(v: &Value) -> Option<Number> {
+    v.as_i64()
+        .map(Number::Int)
+        .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(Number::Real))
+}
+
+fn number_json(n: Number) -> Value {
+    match n {
+        Number::Int(i) => json!(i),
+        Number::Real(f) => json!(f),
+    }
+}
+
+impl Reduce for PipelineReduce {
+    fn zero(&self) -> Value {
+        Value::Object(Map::new())
+    }
+
+    fn fold(&self, acc: &mut Value, partial: &Value) -> Result<(), ComponentError> {
+        let bad = |f: &str, m: &str| ComponentError::Malformed(format!("`{f}` {m}"));
+        let part = partial
+            .as_object()
+            .ok_or_else(|| ComponentError::Malformed("a partial must be an object".into()))?;
+        let mut next = acc.as_object().cloned().unwrap_or_default();
+        for (field, v) in part {
+            let fold = self
+                .fold_of(field)
+                .ok_or_else(|| bad(field, "is not a field of this pipeline"))?;
+            let slot = next.get(field).cloned();
+            let merged = match (fold, slot) {
+                (Fold::Keyed, _) => v.clone(),
+                (_, None) => v.clone(),
+                (Fold::Add, Some(a)) => {
+                    let (x, y) = (json_number(&a), json_number(v));
+                    match (x, y) {
+                        (Some(x), Some(y)) => number_json(add_numbers(x, y)),
+                        _ => return Err(bad(field, "is not a number")),
+                    }
+                }
+                (Fold::Min | Fold::Max, Some(a)) => match (json_number(&a), json_number(v)) {
+                    (None, _) => v.clone(),
+                    (Some(_), None) => a,
+                    (Some(x), Some(y)) => {
+                        let take_y = match fold {
+                            Fold::Min => y.as_f64() < x.as_f64(),
+                            _ => y.as_f64() > x.as_f64(),
+                        };
+                        if take_y {
+                            v.clone()
+                        } else {
+                            a
+                        }
+                    }
+                },
+                (Fold::AddMap, Some(a)) => {
+                    let (Some(a), Some(b)) = (a.as_object(), v.as_object()) else {
+                        return Err(bad(field, "is not a map of counts"));
+                    };
+                    let mut m = a.clone();
+                    for (k, n) in b {
+                        let n = n
+                            .as_u64()
+                            .ok_or_else(|| bad(field, "holds a count that is not one"))?;
+                        let cur = m.get(k).and_then(Value::as_u64).unwrap_or(0);
+                        m.insert(k.clone(), json!(cur.saturating_add(n)));
+                    }
+                    Value::Object(m)
+                }
+                (Fold::Sketch(p), Some(a)) => {
+                    let read = |v: &Value| -> Result<Sketch, ComponentError> {
+                        serde_json::from_value(v.get("sketch").cloned().unwrap_or(Value::Null))
+                            .map_err(|e| bad(field, &format!("holds no sketch: {e}")))
+                    };
+                    let mut x = read(&a)?;
+                    let y = read(v)?;
+                    x.merge(&y)
+                        .map_err(|e| bad(field, &format!("sketches differ: {e:?}")))?;
+                    sketch_json(x, p)
+                }
+            };
+            next.insert(field.clone(), merged);
+        }
+        *acc = Value::Object(next);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Pipeline;
+
+    fn pipeline(toml: &str) -> Pipeline {
+        Pipeline::from_toml(toml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn run(p: &Pipeline, params: Value, lines: &[&str]) -> Value {
+        let params = p.read_params(&params).unwrap();
+        let flow = p.flow(&params).unwrap();
+        let crate::flow::Step::Transform(t) = &flow.stages[1].step else {
+            panic!()
+        };
+        let text = lines.join("\n");
+        let out = t.apply_text(text.as_bytes(), &Map::new()).unwrap().unwrap();
+        let crate::flow::Step::Reduce(r) = &flow.stages[2].step else {
+            panic!()
+        };
+        let mut acc = r.zero();
+        // Folded in two halves: the fold must agree with one partial.
+        let (first, second): (Vec<_>, Vec<_>) =
+            lines.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        for half in [first, second] {
+            let text: Vec<&str> = half.into_iter().map(|(_, l)| *l).collect();
+            let part = t
+                .apply_text(text.join("\n").as_bytes(), &Map::new())
+                .unwrap()
+                .unwrap();
+            let mut scalar = part.clone();
+            for f in flow.keyed.iter().flat_map(|k| k.fields.iter()) {
+                scalar.as_object_mut().unwrap().remove(&f.name);
+            }
+            r.fold(&mut acc, &scalar).unwrap();
+        }
+        for (k, v) in acc.as_object().unwrap() {
+            assert_eq!(&out[k], v, "{k}: one partial and two folded differ");
+        }
+        out
+    }
+
+    const USERS: &str = r#"
+name = "users"
+[params.country]
+type = "string"
+default = "GB"
+[source]
+format = "json-lines"
+prefix = "users/"
+[[steps]]
+filter = "place.country_code == params.country"
+[[steps]]
+explode = "tags"
+as = "tag"
+[reduce.n]
+op = "count"
+[reduce.by_tag]
+op = "count-by"
+key = "lower(tag)"
+[reduce.total_age]
+op = "sum"
+value = "age"
+[reduce.oldest]
+op = "max"
+value = "age"
+[reduce.distinct_users]
+op = "distinct"
+value = "user"
+[reduce.top]
+op = "top-k"
+group = "place.country_code"
+key = "tag"
+k = 1
+"#;
+
+    #[test]
+    fn records_flow_through_steps_into_aggregates() {
+        let p = pipeline(USERS);
+        let out = run(
+            &p,
+            json!({}),
+            &[
+                r#"{"user": "a", "age": 30, "place": {"country_code": "GB"}, "tags": ["X", "y"]}"#,
+                r#"{"user": "b", "age": 41, "place": {"country_code": "GB"}, "tags": ["x"]}"#,
+                r#"{"user": "c", "age": 99, "place": {"country_code": "IE"}, "tags": ["x"]}"#,
+                r#"{"user": "a", "age": 5, "place": null, "tags": ["x"]}"#,
+                "not json",
+                "",
+                r#"{"user": "d", "age": 1, "place": {"country_code": "GB"}, "tags": 3}"#,
+            ],
+        );
+        assert_eq!(out["n"], json!(3));
+        assert_eq!(out["by_tag"], json!({"x": 2, "y": 1}));
+        assert_eq!(out["total_age"], json!(30 + 30 + 41));
+        assert_eq!(out["oldest"], json!(41));
+        assert_eq!(out["distinct_users"]["estimate"], json!(2));
+        assert_eq!(out["records_scanned"], json!(5));
+        assert_eq!(out["malformed_lines"], json!(1));
+        // `place` null: no country code, so a select of a missing key; `tags` 3: not a list.
+        assert_eq!(out["expression_errors"], json!(2));
+        assert_eq!(
+            out["top"],
+            json!({"GB\u{1f}X": 1, "GB\u{1f}x": 1, "GB\u{1f}y": 1})
+        );
+    }
+
+    #[test]
+    fn bad_definitions_name_their_field_and_line() {
+        let e = Pipeline::from_toml(&USERS.replace("lower(tag)", "lower(tag")).unwrap_err();
+        assert_eq!(e.path, "reduce.by_tag.key");
+        assert!(e.at.is_some_and(|(line, _)| line > 1), "{e}");
+        let e =
+            Pipeline::from_toml(&USERS.replace("== params.country", "== params.nope")).unwrap_err();
+        assert_eq!(e.path, "steps[0].filter");
+        assert_eq!(e.at.map(|a| a.0), Some(10), "{e}");
+        let e =
+            Pipeline::from_toml(&USERS.replace("op = \"count\"", "op = \"counts\"")).unwrap_err();
+        assert!(e.at.is_some() && e.message.contains("counts"), "{e}");
+        let e = Pipeline::from_toml(&USERS.replace("users/", "results/")).unwrap_err();
+        assert_eq!(e.path, "source.prefix");
+        let many = format!("{}{}", USERS, "[[steps]]\nfilter = \"true\"\n".repeat(100));
+        assert_eq!(Pipeline::from_toml(&many).unwrap_err().path, "steps");
+    }
+
+    #[test]
+    fn histograms_bucket_the_record_time() {
+        let p = pipeline(
+            r#"
+name = "per-hour"
+[source]
+format = "json-lines"
+prefix = "t/"
+time = { field = "at", format = "rfc3339" }
+[reduce.per_hour]
+op = "histogram"
+"#,
+        );
+        let out = run(
+            &p,
+            json!({}),
+            &[
+                r#"{"at": "2018-11-01T12:34:56Z"}"#,
+                r#"{"at": "2018-11-01T12:00:00Z"}"#,
+                r#"{"at": "2018-11-01T13:00:00+00:00"}"#,
+                r#"{"x": 1}"#,
+            ],
+        );
+        assert_eq!(
+            out["per_hour"],
+            json!({"2018-11-01T12:00:00Z": 2, "2018-11-01T13:00:00Z": 1})
+        );
+        assert_eq!(out["malformed_lines"], json!(1));
+    }
+}
