@@ -173,3 +173,85 @@ async fn an_ad_hoc_pipeline_runs_over_http_with_no_restart() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "params.country", "{body}");
 }
+
+/// `pipelines/fire-tweets.toml` gives exactly the built-in fire-tweets' result on 3
+/// generated days (its own `expression_errors`, 0, aside), with and without faults.
+async fn fire_tweets_as_a_definition(faults: &str, gzip: bool) {
+    use orchestration::job::{JobRequest, JobStatus};
+    use orchestration::local::{Engine, EngineOptions};
+    use orchestration::submit::{submit, SubmitOptions};
+    use orchestration::tweets::{generate, GenOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        dir.path(),
+        EngineOptions {
+            faults: faults.parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let options = GenOptions {
+        from: "2018-11-01".parse().unwrap(),
+        to: "2018-11-03".parse().unwrap(),
+        per_day: 3_000,
+        per_part: 1_000,
+        seed: 2018,
+        gzip,
+    };
+    generate(engine.services.blobs.as_ref(), &options)
+        .await
+        .unwrap();
+    let params = json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-03"});
+    let mut ids = Vec::new();
+    for job_type in ["fire-tweets", "fire-tweets-pipeline"] {
+        let request = JobRequest {
+            job_type: job_type.into(),
+            params: params.clone(),
+        };
+        let s = submit(&engine.services, &request, &SubmitOptions::default())
+            .await
+            .unwrap();
+        ids.push(s.id);
+    }
+    crate::engine::run_until_done_within(&engine, &ids, Duration::from_secs(600)).await;
+    let mut results = Vec::new();
+    for id in &ids {
+        let rec = orchestration::record::load(engine.services.store.as_ref(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
+        let outcome = rec.outcome.unwrap();
+        assert_eq!(rec.status, JobStatus::Done, "{:?}", outcome.error);
+        let result =
+            orchestration::keyed::expand(engine.services.blobs.as_ref(), &outcome.result.unwrap())
+                .await
+                .unwrap();
+        results.push(result);
+    }
+    let mut pipeline = results.pop().unwrap();
+    let builtin = results.pop().unwrap();
+    let errors = pipeline
+        .as_object_mut()
+        .unwrap()
+        .remove("expression_errors");
+    assert_eq!(errors, Some(json!(0)));
+    assert_eq!(pipeline, builtin, "under `{faults}`");
+    assert!(builtin["matching"].as_u64().unwrap() > 20, "{builtin}");
+    assert!(
+        builtin["notices"].as_object().unwrap().len() > 1,
+        "{builtin}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_tweets_as_a_definition_matches_the_built_in_job() {
+    fire_tweets_as_a_definition("", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_tweets_as_a_definition_matches_the_built_in_job_under_faults() {
+    fire_tweets_as_a_definition("duplicate=0.2,crash=0.1,daemon-crash=0.2", true).await;
+}

@@ -86,6 +86,22 @@ const FUNCTIONS: &[&str] = &[
     "date",
 ];
 
+/// CEL's type names (`type(x) == string`): names, but never a record's fields.
+const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "timestamp",
+    "duration",
+];
+
 /// A compiled expression.
 #[derive(Clone)]
 pub struct Expr {
@@ -202,7 +218,7 @@ impl Walk {
         }
         match &e.expr {
             Node::Ident(name) => {
-                if !locals.contains(&name.as_str()) {
+                if !locals.contains(&name.as_str()) && !TYPE_NAMES.contains(&name.as_str()) {
                     self.refs.names.insert(name.clone());
                     self.refs.paths.insert(name.clone());
                 }
@@ -569,6 +585,11 @@ mod tests {
         );
         assert_eq!(v, Ok(Value::Bool(true)));
         let v = eval("'a1b'.matches('^[a-z][0-9]')", json!({}));
+        assert_eq!(v, Ok(Value::Bool(true)));
+        let v = eval(
+            "type(a) == string && type(n) != string && n != 'x' && n == null",
+            json!({"a": "s", "n": null}),
+        );
         assert_eq!(v, Ok(Value::Bool(true)));
         assert_eq!(
             eval("size(words('The fire, the FIRE!'))", json!({})),

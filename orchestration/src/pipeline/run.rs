@@ -139,6 +139,8 @@ struct Root {
     name: String,
     /// (path below the name, empty for the whole value; field index).
     parts: Vec<(Vec<String>, usize)>,
+    /// The paths below the name that expressions read: null when the line lacks them.
+    fill: Vec<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -148,7 +150,8 @@ pub(crate) struct Compiled {
     paths: Option<FieldPaths>,
     roots: Vec<Root>,
     time: Option<(usize, TimeFormat)>,
-    require: Vec<usize>,
+    /// Each a list of alternatives: a record holds at least one of them (not null).
+    require: Vec<Vec<usize>>,
     notices: Option<(FieldPaths, Vec<String>)>,
     pub(crate) steps: Vec<CStep>,
     pub(crate) aggregates: Vec<CAggregate>,
@@ -536,12 +539,17 @@ impl Compiled {
         let (paths, roots, time, require, notices) = if text {
             (None, Vec::new(), None, Vec::new(), None)
         } else {
-            let mut wanted: BTreeSet<String> = record_paths;
+            let mut wanted: BTreeSet<String> = record_paths.clone();
             for (i, r) in src.require.iter().enumerate() {
-                if r.is_empty() || r.split('.').any(|k| !is_field_name(k)) {
-                    return Err(err(format!("source.require[{i}]"), "a dotted path of keys"));
+                for alt in r.split('|') {
+                    if alt.is_empty() || alt.split('.').any(|k| !is_field_name(k)) {
+                        return Err(err(
+                            format!("source.require[{i}]"),
+                            "dotted paths of keys, alternatives separated by `|`",
+                        ));
+                    }
+                    wanted.insert(alt.to_owned());
                 }
-                wanted.insert(r.clone());
             }
             if let Some(t) = &src.time {
                 if t.field.is_empty() || t.field.split('.').any(|k| !is_field_name(k)) {
@@ -574,19 +582,30 @@ impl Compiled {
                     }
                 })
             };
-            let mut by_root: BTreeMap<String, Vec<(Vec<String>, usize)>> = BTreeMap::new();
-            for (i, k) in kept.iter().enumerate() {
-                let mut keys = k.split('.');
-                let root = keys.next().unwrap_or_default().to_owned();
-                by_root
-                    .entry(root)
-                    .or_default()
-                    .push((keys.map(str::to_owned).collect(), i));
+            // Only what expressions read becomes a record's names (not the time or the
+            // required fields, unless read too).
+            let mut by_root: BTreeMap<String, Root> = BTreeMap::new();
+            for p in &record_paths {
+                let (i, _) = find(p).ok_or_else(|| err("source", format!("`{p}` is not read")))?;
+                let mut keys = p.split('.');
+                let name = keys.next().unwrap_or_default().to_owned();
+                let below: Vec<String> = keys.map(str::to_owned).collect();
+                let root = by_root.entry(name.clone()).or_insert_with(|| Root {
+                    name,
+                    parts: Vec::new(),
+                    fill: Vec::new(),
+                });
+                let mut kept_keys = kept[i].split('.');
+                kept_keys.next();
+                let part: Vec<String> = kept_keys.map(str::to_owned).collect();
+                if !root.parts.iter().any(|(_, j)| *j == i) {
+                    root.parts.push((part, i));
+                }
+                if !below.is_empty() {
+                    root.fill.push(below);
+                }
             }
-            let roots = by_root
-                .into_iter()
-                .map(|(name, parts)| Root { name, parts })
-                .collect();
+            let roots = by_root.into_values().collect();
             let time = src.time.as_ref().and_then(|t| {
                 find(&t.field)
                     .filter(|(_, rest)| rest.is_empty())
@@ -600,17 +619,21 @@ impl Compiled {
             }
             let mut require = Vec::new();
             for r in &src.require {
-                match find(r) {
-                    Some((i, rest)) if rest.is_empty() => require.push(i),
-                    _ => {
-                        return Err(err(
-                            "source.require",
-                            format!(
-                                "`{r}` is read inside by an expression; require its parent instead"
-                            ),
-                        ))
+                let mut alternatives = Vec::new();
+                for alt in r.split('|') {
+                    match find(alt) {
+                        Some((i, rest)) if rest.is_empty() => alternatives.push(i),
+                        _ => {
+                            return Err(err(
+                                "source.require",
+                                format!(
+                                    "`{alt}` is read inside by an expression; require its parent instead"
+                                ),
+                            ))
+                        }
                     }
                 }
+                require.push(alternatives);
             }
             let notices = if src.notices.is_empty() {
                 None
@@ -914,10 +937,11 @@ impl Scan<'_> {
                         return;
                     }
                 }
-                if c.require
-                    .iter()
-                    .any(|&i| slots[i].is_none_or(|r| r.is_null()))
-                {
+                if c.require.iter().any(|alternatives| {
+                    alternatives
+                        .iter()
+                        .all(|&i| slots[i].is_none_or(|r| r.is_null()))
+                }) {
                     if !late_only {
                         if c.time.is_some() {
                             self.malformed += 1;
@@ -1102,29 +1126,60 @@ impl Scan<'_> {
 /// A record's top-level name from its captured fields: the whole value, or an object of
 /// the captured paths below it (absent ones left out; a whole absent name is null).
 fn root_value(r: &Root, slots: &Fields<'_>) -> Cel {
-    if let [(rest, i)] = &r.parts[..] {
-        if rest.is_empty() {
-            return slots[*i].map_or(Cel::Null, |raw| expr::to_cel(&raw_to_json(raw)));
-        }
-    }
-    // Read only by its fields: an object of those present (empty when the name is absent
-    // or null), so `has(place.country_code)` is false rather than an error.
-    let mut obj = Value::Object(Map::new());
-    for (rest, i) in &r.parts {
-        let Some(raw) = slots[*i] else { continue };
-        let mut at = &mut obj;
-        for (j, k) in rest.iter().enumerate() {
-            let Value::Object(m) = at else { break };
-            if j + 1 == rest.len() {
-                m.insert(k.clone(), raw_to_json(raw));
-                break;
+    let mut value = match &r.parts[..] {
+        [(rest, i)] if rest.is_empty() => match slots[*i] {
+            Some(raw) => raw_to_json(raw),
+            None => Value::Null,
+        },
+        _ => {
+            // Read only by its fields: an object of those (so an absent or null name reads
+            // its fields as null, not as an error).
+            let mut obj = Value::Object(Map::new());
+            for (rest, i) in &r.parts {
+                let Some(raw) = slots[*i] else { continue };
+                set_path(&mut obj, rest, raw_to_json(raw));
             }
-            at = m
-                .entry(k.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
+            obj
         }
+    };
+    for path in &r.fill {
+        fill_null(&mut value, path);
     }
-    expr::to_cel(&obj)
+    expr::to_cel(&value)
+}
+
+/// Sets `path` below an object, making the objects on the way.
+fn set_path(obj: &mut Value, path: &[String], v: Value) {
+    let mut at = obj;
+    for (j, k) in path.iter().enumerate() {
+        let Value::Object(m) = at else { return };
+        if j + 1 == path.len() {
+            m.insert(k.clone(), v);
+            return;
+        }
+        at = m
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// A field an expression reads and the line lacks reads as null: objects on the way are
+/// made (and a null on the way replaced by one), a value that is there stays.
+fn fill_null(obj: &mut Value, path: &[String]) {
+    let mut at = obj;
+    for (j, k) in path.iter().enumerate() {
+        if at.is_null() {
+            *at = Value::Object(Map::new());
+        }
+        let Value::Object(m) = at else { return };
+        if j + 1 == path.len() {
+            m.entry(k.clone()).or_insert(Value::Null);
+            return;
+        }
+        at = m
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
 }
 
 /// Adds one record to an aggregate; `None` when an expression failed.
@@ -1524,8 +1579,8 @@ k = 1
         assert_eq!(out["distinct_users"]["estimate"], json!(2));
         assert_eq!(out["records_scanned"], json!(5));
         assert_eq!(out["malformed_lines"], json!(1));
-        // `place` null: no country code, so a select of a missing key; `tags` 3: not a list.
-        assert_eq!(out["expression_errors"], json!(2));
+        // `place` null: its country code reads as null (not GB); `tags` 3: not a list.
+        assert_eq!(out["expression_errors"], json!(1));
         assert_eq!(
             out["top"],
             json!({"GB\u{1f}X": 1, "GB\u{1f}x": 1, "GB\u{1f}y": 1})
