@@ -254,6 +254,17 @@ enum JobCommand {
         #[command(flatten)]
         options: JobOptions,
     },
+    /// A pipeline: one of `pipelines/` by name (top-hashtags, fire-tweets-pipeline, ...), or
+    /// a definition file (`./mine.toml`), run as it is with no rebuild.
+    Pipeline {
+        /// The pipeline's name, or the path of a `.toml` definition.
+        name: String,
+        /// A parameter, NAME=VALUE (VALUE as JSON, else as a string); repeatable.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        options: JobOptions,
+    },
 }
 
 #[derive(Args)]
@@ -281,6 +292,42 @@ struct JobOptions {
 impl JobCommand {
     fn request(&self) -> (JobRequest, &JobOptions) {
         match self {
+            JobCommand::Pipeline {
+                name,
+                params,
+                options,
+            } => {
+                let mut given = pipeline_cmd::params(params).unwrap_or_else(|e| {
+                    eprintln!("error: {e}");
+                    std::process::exit(2)
+                });
+                let request = if name.ends_with(".toml") {
+                    let definition = std::fs::read_to_string(name)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| {
+                            orchestration::pipeline::Pipeline::from_toml(&text)
+                                .map_err(|e| e.to_string())
+                        })
+                        .unwrap_or_else(|e| {
+                            eprintln!("error: {name}: {e}");
+                            std::process::exit(2)
+                        });
+                    given.insert(
+                        "definition".into(),
+                        serde_json::to_value(&definition.def).unwrap_or_default(),
+                    );
+                    JobRequest {
+                        job_type: orchestration::pipeline::AD_HOC.into(),
+                        params: serde_json::Value::Object(given),
+                    }
+                } else {
+                    JobRequest {
+                        job_type: name.clone(),
+                        params: serde_json::Value::Object(given),
+                    }
+                };
+                (request, options)
+            }
             JobCommand::Wordcount {
                 messages,
                 input,

@@ -218,10 +218,22 @@ impl Api {
                 )
             }
         };
-        let (request, options) = match parse_submission(body) {
+        let given = |f: &str| body.get(f).is_some_and(|v| !v.is_null());
+        let (given_policy, given_coverage) = (given("policy"), given("min_coverage"));
+        let (request, mut options) = match parse_submission(body) {
             Ok(parsed) => parsed,
             Err(e) => return ApiResponse::invalid(e),
         };
+        // What the request leaves out, its job type may say (a definition's settings).
+        if let Ok(job_type) = self.svc.registry.get(&request.job_type) {
+            let (policy, coverage) = job_type.default_options(&request.params);
+            if let (false, Some(p)) = (given_policy, policy) {
+                options.policy = p;
+            }
+            if let (false, Some(c)) = (given_coverage, coverage) {
+                options.min_coverage = c;
+            }
+        }
         let submission = match submit(&self.svc, &request, &options).await {
             Ok(s) => s,
             Err(SubmitError::Invalid(e)) => return ApiResponse::invalid(e),

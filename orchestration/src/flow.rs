@@ -164,6 +164,11 @@ pub trait JobType: Send + Sync {
     fn definition(&self) -> Option<Value> {
         None
     }
+    /// The scaling policy and least coverage a request without its own runs with (a
+    /// definition's `settings`); `None`: the API's defaults.
+    fn default_options(&self, _params: &Value) -> (Option<crate::policy::Policy>, Option<f64>) {
+        (None, None)
+    }
 }
 
 /// A request that passed validation: its normalized params and its id.

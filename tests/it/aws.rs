@@ -610,3 +610,66 @@ async fn the_sweeper_cleans_up_after_dead_daemons() {
         .record;
     assert_eq!(done.outcome.unwrap().result.unwrap()["total_words"], 250);
 }
+
+/// An ad-hoc pipeline, sent through the `api` Lambda handler as a deployed API receives it:
+/// no deploy, the same adapters, exactly the records in S3, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ad_hoc_pipeline_runs_over_the_aws_protocol() {
+    let (_dir, engine, ports, settings) = deployment("adhoc").await;
+    let mut lines = Vec::new();
+    for i in 0..300 {
+        let city = ["Leeds", "York", "Cork"][i % 3];
+        let country = if city == "Cork" { "IE" } else { "GB" };
+        lines.push(
+            json!({"city": city, "country": country, "user": format!("u{}", i % 7)}).to_string(),
+        );
+    }
+    lines.push("not json".into());
+    ports
+        .blobs
+        .put("users/a.jsonl", lines.join("\n").into_bytes())
+        .await
+        .unwrap();
+    let definition = json!({
+        "name": "gb-users",
+        "source": {"format": "json-lines", "prefix": "users/"},
+        "steps": [{"filter": "country == 'GB'"}],
+        "reduce": {
+            "n": {"op": "count"},
+            "by_city": {"op": "count-by", "key": "city"},
+            "users": {"op": "distinct", "value": "user"},
+        },
+        "settings": {"partition_bytes": 2048},
+    });
+    let mut event: Value = serde_json::from_str(&fixture("apigw-v2-post-jobs.json")).unwrap();
+    event["body"] =
+        json!(json!({"type": "pipeline", "params": {"definition": definition}}).to_string());
+    let api = Api::new(engine.services.clone(), Arc::new(NoTelemetry));
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let response = handlers::http::handle(&api, request).await;
+    let Body::Text(text) = response.body() else {
+        panic!("no body")
+    };
+    let body: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(response.status().as_u16(), 202, "{body}");
+    let id = JobId::parse(body["job_id"].as_str().unwrap()).unwrap();
+    run_until_done(&engine, &ports, &settings, &id).await;
+
+    let rec = record::load(ports.store.as_ref(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    assert_eq!(rec.status, JobStatus::Done, "{:?}", rec.outcome);
+    assert!(rec.total_partitions.unwrap() > 1, "{rec:?}");
+    let result =
+        orchestration::keyed::expand(ports.blobs.as_ref(), &rec.outcome.unwrap().result.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(result["n"], 200);
+    assert_eq!(result["by_city"], json!({"Leeds": 100, "York": 100}));
+    assert_eq!(result["users"]["estimate"], 7);
+    assert_eq!(result["records_scanned"], 300);
+    assert_eq!(result["malformed_lines"], 1);
+    assert_clean(&ports, &settings, &[id]).await;
+}

@@ -45,6 +45,7 @@ fn definition(filter: &str) -> Value {
             "n": {"op": "count"},
             "by_city": {"op": "count-by", "key": "city"},
         },
+        "settings": {"policy": "always-one", "min_coverage": 0.5},
     })
 }
 
@@ -104,6 +105,17 @@ async fn an_ad_hoc_pipeline_runs_over_http_with_no_restart() {
     assert_eq!(result["result"]["n"], 3);
     assert_eq!(result["result"]["records_scanned"], 4);
     assert_eq!(result["result"]["by_city"]["keys"], 2);
+    // The definition's settings are the request's defaults.
+    let status: Value = client
+        .get(server.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["policy"], "always-one", "{status}");
+    assert_eq!(status["min_coverage"], 0.5, "{status}");
 
     // The same request is the same job; an edited definition is another.
     let (_, again) = post(&client, &server, &body).await;

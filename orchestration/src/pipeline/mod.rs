@@ -340,6 +340,16 @@ impl Pipeline {
         ))
     }
 
+    /// The definition's `settings.policy` and `settings.min_coverage` (checked when it
+    /// compiled).
+    pub fn default_options(&self) -> (Option<crate::policy::Policy>, Option<f64>) {
+        let s = &self.def.settings;
+        (
+            s.policy.as_deref().and_then(|p| p.parse().ok()),
+            s.min_coverage,
+        )
+    }
+
     /// The params as a JSON Schema, for forms (`GET /job-types`).
     pub fn params_schema(&self) -> Value {
         let mut properties = Map::new();
@@ -640,6 +650,10 @@ impl JobType for NamedPipeline {
         Some(self.pipeline.def.canonical())
     }
 
+    fn default_options(&self, _params: &Value) -> (Option<crate::policy::Policy>, Option<f64>) {
+        self.pipeline.default_options()
+    }
+
     fn normalize(&self, params: &Value) -> Result<Value, ValidationError> {
         self.pipeline.read_params(params).map(Value::Object)
     }
@@ -707,6 +721,10 @@ impl JobType for AdHocPipeline {
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError> {
         let (pipeline, params) = Self::split(params)?;
         pipeline.flow(&params)
+    }
+
+    fn default_options(&self, params: &Value) -> (Option<crate::policy::Policy>, Option<f64>) {
+        Self::split(params).map_or((None, None), |(p, _)| p.default_options())
     }
 
     fn parts(&self, params: &Value) -> Result<Option<Vec<JobRequest>>, ValidationError> {
@@ -971,6 +989,96 @@ mod tests {
         p.def.tests.clear();
         p.def.description = "other".into();
         assert_eq!(p.def.canonical(), canonical);
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON, a few levels deep.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "[a-z_.| -]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Text that looks like CEL, brackets and quotes included (often unbalanced).
+        fn cel_text() -> impl Strategy<Value = String> {
+            "[a-z0-9_ .()\\[\\]{}'\"+*/!<>=&|?:,-]{0,120}"
+        }
+
+        fn valid() -> Value {
+            json!({
+                "name": "fuzzed",
+                "params": {"k": {"type": "integer", "default": 3, "min": 1, "max": 10}},
+                "source": {"format": "json-lines", "prefix": "data/"},
+                "steps": [{"filter": "a.b == 1"}, {"explode": "xs", "as": "x"}],
+                "reduce": {
+                    "n": {"op": "count"},
+                    "t": {"op": "top-k", "group": "a.c", "key": "x", "k": "k"},
+                },
+            })
+        }
+
+        fn check(definition: Value, params: Value) {
+            let mut p = params.as_object().cloned().unwrap_or_default();
+            p.insert("definition".into(), definition);
+            let request = JobRequest {
+                job_type: AD_HOC.into(),
+                params: Value::Object(p),
+            };
+            let registry = crate::flow::Registry::new(vec![Arc::new(AdHocPipeline)]);
+            // Either a job with a flow, or a refusal naming a field of the request.
+            match registry.validate(&request) {
+                Ok(valid) => {
+                    registry
+                        .flow(&valid.request)
+                        .expect("a valid request has a flow");
+                }
+                Err(e) => assert!(e.field.starts_with("params"), "{e:?}"),
+            }
+        }
+
+        #[test]
+        fn the_definition_the_fuzzer_mutates_is_valid() {
+            let registry = crate::flow::Registry::new(vec![Arc::new(AdHocPipeline)]);
+            let request = JobRequest {
+                job_type: AD_HOC.into(),
+                params: json!({"definition": valid()}),
+            };
+            registry.validate(&request).unwrap();
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn any_json_definition_is_refused_by_field_or_runs(def in json_value(), params in json_value()) {
+                check(def, params);
+            }
+
+            #[test]
+            fn any_expression_is_refused_by_field_or_runs(which in 0usize..4, text in cel_text()) {
+                let mut def = valid();
+                match which {
+                    0 => def["steps"][0]["filter"] = json!(text),
+                    1 => def["steps"][1]["explode"] = json!(text),
+                    2 => def["reduce"]["t"]["group"] = json!(text),
+                    _ => def["reduce"]["n"]["where"] = json!(text),
+                }
+                check(def, json!({}));
+            }
+        }
     }
 
     #[test]
