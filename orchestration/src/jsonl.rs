@@ -77,7 +77,11 @@ impl<'a> Raw<'a> {
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
         let inner = self.0.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
         if !inner.contains(&b'\\') {
-            return Some(String::from_utf8_lossy(inner));
+            // Valid UTF-8 is the rule: checked whole first (SIMD), replaced only if not.
+            return Some(match std::str::from_utf8(inner) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(inner),
+            });
         }
         let text = String::from_utf8_lossy(self.0);
         sonic_rs::from_str::<String>(&text).ok().map(Cow::Owned)

@@ -41,6 +41,11 @@ pub struct FireTweetsArgs {
     /// Threads for DuckDB (default: every core, as the engine uses).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also run fire-tweets written as a definition (`pipelines/fire-tweets.toml`, type
+    /// `fire-tweets-pipeline`) on the same files, after the built-in job: its time against
+    /// the built-in's, and its answer, which must be the built-in's.
+    #[arg(long)]
+    pub pipeline: bool,
 }
 
 /// One side's run: times and answer.
@@ -61,6 +66,8 @@ pub struct Comparison {
     pub sluice: Side,
     pub duckdb: Side,
     pub duckdb_version: String,
+    /// The definition's run (`--pipeline`).
+    pub pipeline: Option<Side>,
 }
 
 impl Comparison {
@@ -84,6 +91,11 @@ impl Comparison {
             "duckdb_version": self.duckdb_version,
             "ratio": self.sluice.wall_s / self.duckdb.wall_s,
             "cpu_ratio": self.sluice.cpu_s / self.duckdb.cpu_s.max(1e-9),
+            "pipeline": self.pipeline.as_ref().map(|p| json!({
+                "wall_s": p.wall_s, "cpu_s": p.cpu_s,
+                "ratio_to_built_in": p.wall_s / self.sluice.wall_s,
+                "cpu_ratio_to_built_in": p.cpu_s / self.sluice.cpu_s.max(1e-9),
+            })),
         })
     }
 }
@@ -205,6 +217,50 @@ fn python(args: &FireTweetsArgs) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("python"))
 }
 
+/// Runs one job type on the generated files in a fresh state: its side, and its whole
+/// result (keyed fields expanded).
+async fn run_job(args: &FireTweetsArgs, job_type: &str, n: usize) -> Result<(Side, Value)> {
+    let to = args.from.plus(args.days as i64 - 1);
+    let state = fresh_state(&args.data, n)?;
+    let request = JobRequest {
+        job_type: job_type.into(),
+        params: json!({"country": args.country, "from": args.from.to_string(), "to": to.to_string()}),
+    };
+    let cpu0 = process_cpu_s();
+    // The default policy, as `sluice run` uses.
+    let run = job_in(&state, request, Policy::default()).await;
+    let cpu_s = process_cpu_s() - cpu0;
+    let expanded = match &run {
+        Ok((run, _)) => {
+            let blobs = FileBlobs::open(state.join("blobs"))?;
+            Some(orchestration::keyed::expand(&blobs, &run.result).await)
+        }
+        Err(_) => None,
+    };
+    let _ = std::fs::remove_dir_all(&state);
+    // Submitted to torn down, seen from outside (the engine's opening excluded, as
+    // DuckDB's connecting is).
+    let wall_s = run?.0.wall_s;
+    let result = expanded.context("no result")??;
+    let count_map = |v: &Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let side = Side {
+        wall_s,
+        cpu_s,
+        matching: result["matching"].as_u64().unwrap_or(0),
+        cities: count_map(&result["cities"]),
+        unattributed: count_map(&result["unattributed"]),
+    };
+    Ok((side, result))
+}
+
 /// Runs both sides on the same files and checks that they agree.
 pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
     if args.days == 0 {
@@ -249,42 +305,21 @@ pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
     let duckdb_version = duck["duckdb"].as_str().unwrap_or("?").to_owned();
     let duckdb: Side = serde_json::from_value(duck)?;
 
-    let state = fresh_state(&args.data, 0)?;
-    let request = JobRequest {
-        job_type: "fire-tweets".into(),
-        params: json!({"country": args.country, "from": args.from.to_string(), "to": to.to_string()}),
-    };
-    let cpu0 = process_cpu_s();
-    // The default policy, as `sluice run` uses.
-    let run = job_in(&state, request, Policy::default()).await;
-    let cpu_s = process_cpu_s() - cpu0;
-    let expanded = match &run {
-        Ok((run, _)) => {
-            let blobs = FileBlobs::open(state.join("blobs"))?;
-            Some(orchestration::keyed::expand(&blobs, &run.result).await)
+    let (sluice, builtin_result) = run_job(args, "fire-tweets", 0).await?;
+    let pipeline = if args.pipeline {
+        let (side, result) = run_job(args, "fire-tweets-pipeline", 1).await?;
+        let mut result = result;
+        let errors = result
+            .as_object_mut()
+            .and_then(|o| o.remove("expression_errors"));
+        if result != builtin_result || errors != Some(json!(0)) {
+            bail!(
+                "the definition's answer differs from the built-in job's:\n  definition: {result}\n  built-in: {builtin_result}"
+            );
         }
-        Err(_) => None,
-    };
-    let _ = std::fs::remove_dir_all(&state);
-    // Submitted to torn down, seen from outside (the engine's opening excluded, as
-    // DuckDB's connecting is).
-    let wall_s = run?.0.wall_s;
-    let result = expanded.context("no result")??;
-    let count_map = |v: &Value| -> BTreeMap<String, u64> {
-        v.as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let sluice = Side {
-        wall_s,
-        cpu_s,
-        matching: result["matching"].as_u64().unwrap_or(0),
-        cities: count_map(&result["cities"]),
-        unattributed: count_map(&result["unattributed"]),
+        Some(side)
+    } else {
+        None
     };
     if (sluice.matching, &sluice.cities, &sluice.unattributed)
         != (duckdb.matching, &duckdb.cities, &duckdb.unattributed)
@@ -306,6 +341,7 @@ pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
         sluice,
         duckdb,
         duckdb_version,
+        pipeline,
     })
 }
 
@@ -321,10 +357,13 @@ pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
             s.cities.len().to_string(),
         ]
     };
-    let rows = vec![
+    let mut rows = vec![
         row("sluice", &c.sluice),
         row(&format!("duckdb {}", c.duckdb_version), &c.duckdb),
     ];
+    if let Some(p) = &c.pipeline {
+        rows.push(row("sluice (definition)", p));
+    }
     let header = [
         "engine",
         "wall_s",
@@ -342,6 +381,14 @@ pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
         c.sluice.wall_s / c.duckdb.wall_s,
         c.sluice.cpu_s / c.duckdb.cpu_s.max(1e-9),
     );
+    let title = match &c.pipeline {
+        Some(p) => format!(
+            "{title}; the definition/built-in wall {:.2}, CPU {:.2} (same answer)",
+            p.wall_s / c.sluice.wall_s,
+            p.cpu_s / c.sluice.cpu_s.max(1e-9)
+        ),
+        None => title,
+    };
     out.report(&title, &header, &rows, c.to_json());
     if !out.json {
         let top: Vec<String> = {

@@ -175,6 +175,11 @@ impl Expr {
         ))
     }
 
+    /// The parsed expression (macros expanded).
+    pub fn ast(&self) -> &IdedExpr {
+        self.program.expression()
+    }
+
     pub fn eval(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
         self.program.execute(ctx).map_err(|e| e.to_string())
     }
@@ -368,13 +373,18 @@ fn keywords(list: &[Value]) -> Result<Arc<crate::tweets::Keywords>, String> {
             )),
         })
         .collect::<Result<_, _>>()?;
+    keywords_of(&words)
+}
+
+/// A keyword list, compiled once per process.
+pub fn keywords_of(words: &[String]) -> Result<Arc<crate::tweets::Keywords>, String> {
     let mut cache = KEYWORDS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = cache.get(&words) {
+    if let Some(k) = cache.get(words) {
         return Ok(k.clone());
     }
-    let k = Arc::new(crate::tweets::Keywords::new(&words).map_err(|e| e.to_string())?);
+    let k = Arc::new(crate::tweets::Keywords::new(words).map_err(|e| e.to_string())?);
     if cache.len() < 256 {
-        cache.insert(words, k.clone());
+        cache.insert(words.to_vec(), k.clone());
     }
     Ok(k)
 }

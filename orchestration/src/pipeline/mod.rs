@@ -17,6 +17,7 @@
 
 pub mod definition;
 pub mod expr;
+pub mod fast;
 pub mod run;
 
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::definition::{AggregateOp, Bucket, Definition, Format, ParamType, TimeFormat};
 use super::expr::{self, Expr, Number};
+use super::fast::{Env, Unsure, F, V};
 use super::{
     compile_expr, op_name, DefinitionError, MAX_AGGREGATES, MAX_K, MAX_PARAMS, MAX_STEPS, MAX_TESTS,
 };
@@ -156,6 +157,156 @@ pub(crate) struct Compiled {
     pub(crate) steps: Vec<CStep>,
     pub(crate) aggregates: Vec<CAggregate>,
     has_days: bool,
+    /// The same steps and aggregates on the fast path, when every expression compiles to it.
+    fast: Option<Fast>,
+}
+
+/// A pipeline on the fast path ([`super::fast`]): slots are the captured fields (by
+/// their `FieldPaths` index), then `record_time`, then the names steps bind.
+#[derive(Debug)]
+struct Fast {
+    slots: usize,
+    time_slot: usize,
+    params: Vec<String>,
+    steps: Vec<FStep>,
+    aggregates: Vec<FAggregate>,
+}
+
+#[derive(Debug)]
+enum FStep {
+    Filter(F),
+    Compute(F, usize),
+    Explode(F, usize),
+    Tokenize(F, usize),
+}
+
+#[derive(Debug)]
+struct FAggregate {
+    value: Option<F>,
+    key: Option<F>,
+    group: Option<F>,
+    time: Option<F>,
+    when: Option<F>,
+}
+
+/// A record's effect on the aggregates, applied only when the whole record ran on the
+/// fast path.
+enum Update {
+    Count(usize),
+    Number(usize, Number),
+    Key(usize, String),
+    KeyCell(usize, String, Cell),
+    Distinct(usize, String),
+}
+
+struct FastNames<'n> {
+    kept: &'n [String],
+    time_slot: Option<usize>,
+    bound: &'n BTreeMap<String, usize>,
+    params: &'n std::cell::RefCell<Vec<String>>,
+    declared: &'n BTreeMap<String, super::definition::Param>,
+}
+
+impl super::fast::Names for FastNames<'_> {
+    fn slot(&self, path: &str) -> Option<usize> {
+        let root = path.split('.').next().unwrap_or(path);
+        if let Some(&slot) = self.bound.get(root) {
+            return (root == path).then_some(slot);
+        }
+        if path == "record_time" {
+            return self.time_slot;
+        }
+        if root == "params" {
+            return None;
+        }
+        self.kept.iter().position(|k| k == path)
+    }
+
+    fn param(&self, name: &str) -> Option<usize> {
+        self.declared.get(name)?;
+        let mut params = self.params.borrow_mut();
+        Some(match params.iter().position(|p| p == name) {
+            Some(i) => i,
+            None => {
+                params.push(name.to_owned());
+                params.len() - 1
+            }
+        })
+    }
+}
+
+impl Fast {
+    fn new(
+        def: &Definition,
+        kept: &[String],
+        time: bool,
+        steps: &[CStep],
+        aggregates: &[CAggregate],
+    ) -> Option<Fast> {
+        let time_slot = kept.len();
+        let mut bound: BTreeMap<String, usize> = BTreeMap::new();
+        let params = std::cell::RefCell::new(Vec::new());
+        let mut next = time_slot + 1;
+        let mut fsteps = Vec::with_capacity(steps.len());
+        for s in steps {
+            let names = FastNames {
+                kept,
+                time_slot: time.then_some(time_slot),
+                bound: &bound,
+                params: &params,
+                declared: &def.params,
+            };
+            let (e, name) = match s {
+                CStep::Filter(e) => (e, None),
+                CStep::Compute(e, n) | CStep::Explode(e, n) | CStep::Tokenize(e, n) => (e, Some(n)),
+            };
+            let f = super::fast::compile(e.ast(), &names)?;
+            let slot = name.map(|n| {
+                *bound.entry(n.clone()).or_insert_with(|| {
+                    next += 1;
+                    next - 1
+                })
+            });
+            fsteps.push(match (s, slot) {
+                (CStep::Filter(_), _) => FStep::Filter(f),
+                (CStep::Compute(..), Some(slot)) => FStep::Compute(f, slot),
+                (CStep::Explode(..), Some(slot)) => FStep::Explode(f, slot),
+                (CStep::Tokenize(..), Some(slot)) => FStep::Tokenize(f, slot),
+                _ => return None,
+            });
+        }
+        let names = FastNames {
+            kept,
+            time_slot: time.then_some(time_slot),
+            bound: &bound,
+            params: &params,
+            declared: &def.params,
+        };
+        let one = |e: &Option<Expr>| -> Option<Option<F>> {
+            match e {
+                Some(e) => super::fast::compile(e.ast(), &names).map(Some),
+                None => Some(None),
+            }
+        };
+        let mut faggs = Vec::with_capacity(aggregates.len());
+        for a in aggregates {
+            faggs.push(FAggregate {
+                value: one(&a.value)?,
+                key: one(&a.key)?,
+                group: one(&a.group)?,
+                time: one(&a.time)?,
+                when: one(&a.when)?,
+            });
+        }
+        let params = params.into_inner();
+        Some(Fast {
+            slots: next,
+            time_slot,
+            params,
+            steps: fsteps,
+            aggregates: faggs,
+        })
+    }
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> DefinitionError {
@@ -536,6 +687,7 @@ impl Compiled {
         }
 
         // The JSON fields the records need: one captured value per path, none inside another.
+        let mut kept_paths: Vec<String> = Vec::new();
         let (paths, roots, time, require, notices) = if text {
             (None, Vec::new(), None, Vec::new(), None)
         } else {
@@ -644,7 +796,13 @@ impl Compiled {
                     src.notices.clone(),
                 ))
             };
+            kept_paths = kept.clone();
             (Some(field_paths), roots, time, require, notices)
+        };
+        let fast = if text {
+            None
+        } else {
+            Fast::new(def, &kept_paths, time.is_some(), &steps, &aggregates)
         };
         Ok(Compiled {
             format: src.format,
@@ -657,6 +815,7 @@ impl Compiled {
             steps,
             aggregates,
             has_days: src.days.is_some(),
+            fast,
         })
     }
 
@@ -743,6 +902,12 @@ struct Scan<'p> {
     fanout: u64,
     /// The current record's time (the source's `time`), for histograms.
     record_secs: Option<i64>,
+    /// The fast path's params, and its records' slots and updates (reused).
+    fast_params: Vec<V<'static>>,
+    fast_keywords: Vec<Option<super::fast::KeywordSet>>,
+    updates: Vec<Update>,
+    /// Records the fast path was unsure of (run through `cel`).
+    pub(crate) unsure: u64,
 }
 
 /// A partition's folder under a date-partitioned source, as fire-tweets reads its days:
@@ -837,7 +1002,39 @@ impl PipelineScan {
                 .collect(),
             fanout: 0,
             record_secs: None,
+            fast_params: c
+                .fast
+                .as_ref()
+                .map(|f| {
+                    f.params
+                        .iter()
+                        .map(|p| V::from_json(self.params.get(p).unwrap_or(&Value::Null)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            fast_keywords: Vec::new(),
+            updates: Vec::new(),
+            unsure: 0,
         };
+        scan.fast_keywords = scan
+            .fast_params
+            .iter()
+            .map(|p| match p {
+                V::List(items) => {
+                    let words: Option<Vec<String>> = items
+                        .iter()
+                        .map(|w| match w {
+                            V::Str(s) => Some(s.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    words
+                        .and_then(|w| expr::keywords_of(&w).ok())
+                        .map(super::fast::KeywordSet::new)
+                }
+                _ => None,
+            })
+            .collect();
         if payload.get("empty") == Some(&Value::Bool(true)) {
             if let Some(d) = payload
                 .get("prefix")
@@ -849,9 +1046,10 @@ impl PipelineScan {
         }
         let folder = self.folder(payload);
         let mut slots: Fields<'_> = c.paths.as_ref().map(FieldPaths::slots).unwrap_or_default();
+        let mut values: Vec<V<'_>> = Vec::new();
         for line in lines {
             let line = &line[..line.len().min(MAX_LINE_BYTES)];
-            scan.line(line, &root, folder.as_ref(), &mut slots);
+            scan.line(line, &root, folder.as_ref(), &mut slots, &mut values);
         }
         Ok(scan)
     }
@@ -896,6 +1094,7 @@ impl Scan<'_> {
         root: &Context<'_, '_>,
         folder: Option<&Folder>,
         slots: &mut Fields<'a>,
+        values: &mut Vec<V<'a>>,
     ) {
         let c = self.c;
         let late_only = folder.is_some_and(|f| f.late_only);
@@ -966,6 +1165,13 @@ impl Scan<'_> {
                 } else {
                     self.scanned += 1;
                 }
+                if let Some(fast) = &c.fast {
+                    self.record_secs = time_secs;
+                    if self.fast_record(fast, slots, values, time_secs).is_ok() {
+                        return;
+                    }
+                    self.unsure += 1;
+                }
                 for r in &c.roots {
                     scope.add_variable_from_value(r.name.clone(), root_value(r, slots));
                 }
@@ -978,6 +1184,232 @@ impl Scan<'_> {
         self.record_secs = time_secs;
         if !self.steps(0, &scope) {
             self.errors += 1;
+        }
+    }
+
+    /// One record on the fast path: its updates applied when every step and aggregate was
+    /// sure, else nothing (the caller runs it through `cel`).
+    fn fast_record<'a>(
+        &mut self,
+        fast: &Fast,
+        fields: &Fields<'a>,
+        slots: &mut Vec<V<'a>>,
+        time: Option<i64>,
+    ) -> Result<(), Unsure> {
+        slots.clear();
+        slots.extend(fields.iter().map(|f| match f {
+            Some(raw) => V::Raw(*raw),
+            None => V::Null,
+        }));
+        slots.resize(fast.slots, V::Null);
+        if let Some(t) = time {
+            slots[fast.time_slot] = V::Ts(t);
+        }
+        self.updates.clear();
+        self.fanout = 0;
+        let outcome = self.fast_steps(fast, 0, slots);
+        if outcome.is_ok() {
+            let updates = std::mem::take(&mut self.updates);
+            for u in &updates {
+                self.apply(u);
+            }
+            self.updates = updates;
+        }
+        outcome
+    }
+
+    fn fast_steps<'a>(
+        &mut self,
+        fast: &Fast,
+        i: usize,
+        slots: &mut Vec<V<'a>>,
+    ) -> Result<(), Unsure> {
+        let params = std::mem::take(&mut self.fast_params);
+        let keywords = std::mem::take(&mut self.fast_keywords);
+        let r = self.fast_steps_with(fast, i, slots, &params, &keywords);
+        self.fast_params = params;
+        self.fast_keywords = keywords;
+        r
+    }
+
+    fn fast_steps_with<'a>(
+        &mut self,
+        fast: &Fast,
+        i: usize,
+        slots: &mut Vec<V<'a>>,
+        params: &[V<'static>],
+        keywords: &[Option<super::fast::KeywordSet>],
+    ) -> Result<(), Unsure> {
+        let Some(step) = fast.steps.get(i) else {
+            self.fanout += 1;
+            if self.fanout > MAX_FANOUT {
+                return Err(Unsure);
+            }
+            return self.fast_aggregate(fast, slots, params, keywords);
+        };
+        let env = Env {
+            slots,
+            params,
+            keywords,
+        };
+        match step {
+            FStep::Filter(f) => match f.truth(&env)? {
+                Some(true) => self.fast_steps_with(fast, i + 1, slots, params, keywords),
+                _ => Ok(()),
+            },
+            FStep::Compute(f, slot) => {
+                let v = f.eval(&env)?;
+                slots[*slot] = v;
+                self.fast_steps_with(fast, i + 1, slots, params, keywords)
+            }
+            FStep::Explode(f, slot) => match f.eval(&env)? {
+                V::List(items) => {
+                    for item in items {
+                        slots[*slot] = item;
+                        self.fast_steps_with(fast, i + 1, slots, params, keywords)?;
+                    }
+                    Ok(())
+                }
+                V::Null => Ok(()),
+                _ => Err(Unsure),
+            },
+            FStep::Tokenize(f, slot) => match f.eval(&env)? {
+                V::Str(text) => {
+                    let lowered = text.to_lowercase();
+                    for w in expr::tokens(&lowered) {
+                        slots[*slot] = V::Str(std::borrow::Cow::Owned(w.to_owned()));
+                        self.fast_steps_with(fast, i + 1, slots, params, keywords)?;
+                    }
+                    Ok(())
+                }
+                V::Null => Ok(()),
+                _ => Err(Unsure),
+            },
+        }
+    }
+
+    fn fast_aggregate<'a>(
+        &mut self,
+        fast: &Fast,
+        slots: &[V<'a>],
+        params: &[V<'static>],
+        keywords: &[Option<super::fast::KeywordSet>],
+    ) -> Result<(), Unsure> {
+        let env = Env {
+            slots,
+            params,
+            keywords,
+        };
+        let eval =
+            |f: &Option<F>| -> Result<V<'a>, Unsure> { f.as_ref().ok_or(Unsure)?.eval(&env) };
+        for (i, (a, fa)) in self.c.aggregates.iter().zip(&fast.aggregates).enumerate() {
+            if let Some(w) = &fa.when {
+                if w.truth(&env)? != Some(true) {
+                    continue;
+                }
+            }
+            let update = match a.op {
+                AggregateOp::Count => Update::Count(i),
+                AggregateOp::Sum | AggregateOp::Min | AggregateOp::Max => match eval(&fa.value)? {
+                    V::Null => continue,
+                    v => Update::Number(i, v.number()?),
+                },
+                AggregateOp::Distinct => match eval(&fa.value)? {
+                    V::Null => continue,
+                    v => Update::Distinct(i, v.key_text()?),
+                },
+                AggregateOp::Histogram => {
+                    let t = match &fa.time {
+                        Some(f) => f.eval(&env)?,
+                        None => slots.get(fast.time_slot).cloned().ok_or(Unsure)?,
+                    };
+                    let V::Ts(t) = t else { return Err(Unsure) };
+                    Update::Key(i, bucket_key(t, a.bucket).ok_or(Unsure)?)
+                }
+                AggregateOp::TopK => {
+                    let g = eval(&fa.group)?;
+                    let k = eval(&fa.key)?;
+                    if k == V::Null {
+                        continue;
+                    }
+                    let g = g.key_text()?;
+                    if g.contains(GROUP_SEPARATOR) {
+                        return Err(Unsure);
+                    }
+                    Update::Key(i, format!("{g}{GROUP_SEPARATOR}{}", k.key_text()?))
+                }
+                AggregateOp::CountBy => match eval(&fa.key)? {
+                    V::Null => continue,
+                    k => Update::Key(i, k.key_text()?),
+                },
+                AggregateOp::SumBy | AggregateOp::MinBy | AggregateOp::MaxBy => {
+                    let k = eval(&fa.key)?;
+                    if k == V::Null {
+                        continue;
+                    }
+                    let v = eval(&fa.value)?;
+                    if v == V::Null {
+                        continue;
+                    }
+                    let cell = match v.number()? {
+                        Number::Int(n) if n >= 0 => Cell::Int(n as u64),
+                        n => Cell::Real(n.as_f64()),
+                    };
+                    Update::KeyCell(i, k.key_text()?, cell)
+                }
+            };
+            self.updates.push(update);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, u: &Update) {
+        match u {
+            Update::Count(i) => {
+                if let Acc::Count(n) = &mut self.accs[*i] {
+                    *n += 1;
+                }
+            }
+            Update::Number(i, x) => {
+                let op = self.c.aggregates[*i].op;
+                if let Acc::Number(slot) = &mut self.accs[*i] {
+                    *slot = Some(match (*slot, op) {
+                        (None, _) => *x,
+                        (Some(acc), AggregateOp::Sum) => add_numbers(acc, *x),
+                        (Some(acc), AggregateOp::Min) => {
+                            if x.as_f64() < acc.as_f64() {
+                                *x
+                            } else {
+                                acc
+                            }
+                        }
+                        (Some(acc), _) => {
+                            if x.as_f64() > acc.as_f64() {
+                                *x
+                            } else {
+                                acc
+                            }
+                        }
+                    });
+                }
+            }
+            Update::Key(i, k) => {
+                if let Acc::Keyed(m) = &mut self.accs[*i] {
+                    m.count(k);
+                }
+            }
+            Update::KeyCell(i, k, cell) => {
+                if let Acc::Keyed(m) = &mut self.accs[*i] {
+                    if m.add(k, *cell).is_err() {
+                        self.errors += 1;
+                    }
+                }
+            }
+            Update::Distinct(i, k) => {
+                if let Acc::Distinct(s) = &mut self.accs[*i] {
+                    s.insert(k.as_str());
+                }
+            }
         }
     }
 
@@ -1097,6 +1529,11 @@ impl Scan<'_> {
 
     /// The partial: counters and scalar aggregates, and the by-key aggregates as maps.
     fn finish(self) -> (Value, KeyedFields) {
+        tracing::debug!(
+            unsure = self.unsure,
+            records = self.scanned,
+            "records the fast path left to cel"
+        );
         let mut out = self.counters();
         let mut keyed = Vec::new();
         for (a, acc) in self.c.aggregates.iter().zip(self.accs) {
