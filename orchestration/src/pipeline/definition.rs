@@ -81,8 +81,16 @@ pub enum ParamType {
 pub struct Source {
     pub format: Format,
     /// The objects' key prefix, relative to the deployment's data (`tweets/`). With `days`,
-    /// each day's objects are under `{prefix}YYYY-MM-DD/`.
+    /// each day's objects are under `{prefix}YYYY-MM-DD/`. Not for `synthetic-text`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// `synthetic-text`: the `integer` parameter that says how many messages
+    /// (`"{text} {i}"`, i from 1) the job generates, as the paper's word count does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<String>,
+    /// `synthetic-text`: the `string` parameter of the messages' text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// A date-partitioned layout: the days from the `from` to the `to` parameter, each a
     /// part of the job cached on its own (an overlapping range reuses the days it shares).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +120,9 @@ pub enum Format {
     JsonLines,
     /// One string a line, as `line`.
     TextLines,
+    /// Generated lines `"{text} {i}"` (the paper's synthetic input), as `line`; partitions
+    /// of `settings.partition_size` messages.
+    SyntheticText,
 }
 
 /// The parameters that bound a date-partitioned source.
@@ -238,9 +249,12 @@ pub enum Bucket {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Input bytes per partition (64 KiB to 64 MiB; default 4 MiB).
+    /// Input bytes per partition (1 KiB to 16 MiB; default 4 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_bytes: Option<u64>,
+    /// `synthetic-text`: messages per partition (1 to 100,000; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_size: Option<u64>,
     /// The scaling policy (`backlog`, `static-proportional:M`, `always-one`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,

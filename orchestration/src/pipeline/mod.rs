@@ -46,6 +46,10 @@ pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
 pub const MAX_DAYS: i64 = 366;
 /// `top-k`'s largest k.
 pub const MAX_K: u64 = 10_000;
+/// A synthetic source's most messages (as the word count's).
+pub const MAX_MESSAGES: u64 = 100_000_000;
+/// A synthetic source's text when no parameter gives it (the paper's).
+pub const DEFAULT_TEXT: &str = "the quick brown fox jumps over the lazy dog";
 
 /// What is wrong with a definition, and where: a path of fields (`steps[2].filter`), and
 /// in a file its line and column.
@@ -214,6 +218,31 @@ impl Pipeline {
         let prefix = def.source.prefix.clone();
         let mut day_of_prefix = BTreeMap::new();
         let mut window = None;
+        let synthetic = match (def.source.format, &def.source.messages) {
+            (definition::Format::SyntheticText, Some(messages)) => {
+                let n = params.get(messages).and_then(Value::as_u64).unwrap_or(0);
+                if !(1..=MAX_MESSAGES).contains(&n) {
+                    return Err(ValidationError::new(
+                        format!("params.{messages}"),
+                        format!("must be 1 to {MAX_MESSAGES}"),
+                    ));
+                }
+                let text = def
+                    .source
+                    .text
+                    .as_ref()
+                    .and_then(|t| params.get(t))
+                    .and_then(Value::as_str)
+                    .unwrap_or(DEFAULT_TEXT)
+                    .to_owned();
+                Some(crate::components::SyntheticText {
+                    messages: n,
+                    text,
+                    partition_size: def.settings.partition_size.unwrap_or(100),
+                })
+            }
+            _ => None,
+        };
         let (prefixes, optional, allow_empty, size) = match &def.source.days {
             Some(days) => {
                 let (from, to) = self.days_of(params)?;
@@ -238,7 +267,12 @@ impl Pipeline {
                 let n = prefixes.len() as u64;
                 (prefixes, optional, allow, n)
             }
-            None => (vec![prefix], Vec::new(), false, 1),
+            None => (
+                vec![prefix],
+                Vec::new(),
+                false,
+                synthetic.as_ref().map_or(1, |s| s.messages),
+            ),
         };
         let scan = run::PipelineScan {
             compiled: self.compiled.clone(),
@@ -258,18 +292,26 @@ impl Pipeline {
         let flow = Flow {
             size,
             stages: vec![
-                stage(
-                    Function::Feed,
-                    "source",
-                    "blob-lines",
-                    Step::Source(Arc::new(BlobLines {
-                        by_reference: true,
-                        prefixes,
-                        optional_prefixes: optional,
-                        range_bytes,
-                        allow_empty,
-                    })),
-                ),
+                match synthetic {
+                    Some(source) => stage(
+                        Function::Feed,
+                        "source",
+                        "synthetic-text",
+                        Step::Source(Arc::new(source)),
+                    ),
+                    None => stage(
+                        Function::Feed,
+                        "source",
+                        "blob-lines",
+                        Step::Source(Arc::new(BlobLines {
+                            by_reference: true,
+                            prefixes,
+                            optional_prefixes: optional,
+                            range_bytes,
+                            allow_empty,
+                        })),
+                    ),
+                },
                 stage(
                     Function::Count,
                     "records",
@@ -413,6 +455,11 @@ impl Pipeline {
         out.push_str("stages (each a queue `{prefix}-{job}-{attempt}-{stage}` feeding its function through an event-source mapping):\n");
         for (i, s) in flow.stages.iter().enumerate() {
             let what = match s.name.as_str() {
+                "source" if def.source.format == definition::Format::SyntheticText => format!(
+                    "generated messages `{{text}} {{i}}` (`{}` of them), {} a partition",
+                    def.source.messages.clone().unwrap_or_default(),
+                    def.settings.partition_size.unwrap_or(100)
+                ),
                 "source" => format!(
                     "lines of the objects under {} in ranges of {} bytes, by reference",
                     match &def.source.days {

@@ -388,13 +388,46 @@ impl Compiled {
         // The source.
         let src = &def.source;
         let prefix = &src.prefix;
-        if prefix.is_empty()
-            || prefix.len() > 512
-            || prefix.starts_with('/')
-            || prefix.split('/').any(|s| s == ".." || s == ".")
-            || ENGINE_PREFIXES
-                .iter()
-                .any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str()))
+        let synthetic = src.format == Format::SyntheticText;
+        if synthetic {
+            if !prefix.is_empty() || src.days.is_some() {
+                return Err(err(
+                    "source",
+                    "a synthetic source has no `prefix` or `days`",
+                ));
+            }
+            match src.messages.as_deref().map(param_type) {
+                Some(Some(ParamType::Integer)) => {}
+                _ => {
+                    return Err(err(
+                        "source.messages",
+                        "a synthetic source names an `integer` parameter: how many messages",
+                    ))
+                }
+            }
+            match src.text.as_deref().map(param_type) {
+                Some(Some(ParamType::String)) | None => {}
+                _ => return Err(err("source.text", "must name a `string` parameter")),
+            }
+            if let Some(n) = def.settings.partition_size {
+                if !(1..=100_000).contains(&n) {
+                    return Err(err("settings.partition_size", "must be 1 to 100000"));
+                }
+            }
+        } else if src.messages.is_some() || src.text.is_some() {
+            return Err(err(
+                "source",
+                "`messages` and `text` are for a synthetic source",
+            ));
+        }
+        if !synthetic
+            && (prefix.is_empty()
+                || prefix.len() > 512
+                || prefix.starts_with('/')
+                || prefix.split('/').any(|s| s == ".." || s == ".")
+                || ENGINE_PREFIXES
+                    .iter()
+                    .any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str())))
         {
             return Err(err(
                 "source.prefix",
@@ -428,7 +461,7 @@ impl Compiled {
                 }
             }
         }
-        let text = src.format == Format::TextLines;
+        let text = matches!(src.format, Format::TextLines | Format::SyntheticText);
         if text && (src.time.is_some() || !src.notices.is_empty() || !src.require.is_empty()) {
             return Err(err(
                 "source",
@@ -1112,7 +1145,7 @@ impl Scan<'_> {
         let mut scope = root.new_inner_scope();
         let mut time_secs = None;
         match (&c.paths, c.format) {
-            (_, Format::TextLines) => {
+            (_, Format::TextLines | Format::SyntheticText) => {
                 self.scanned += 1;
                 scope.add_variable_from_value(
                     "line",
