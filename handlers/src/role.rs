@@ -109,8 +109,8 @@ mod tests {
     #[test]
     fn the_role_comes_from_sluice_function_or_the_lambda_name() {
         assert_eq!(
-            Role::from_lookup(env(&[(ENV_FUNCTION, "count")])),
-            Ok(Role::Stage(Function::Count))
+            Role::from_lookup(env(&[(ENV_FUNCTION, "transform")])),
+            Ok(Role::Stage(Function::Transform))
         );
         assert_eq!(
             Role::from_lookup(env(&[

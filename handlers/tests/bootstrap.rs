@@ -168,7 +168,7 @@ async fn invoke(role: &str, event: Value) -> (Duration, Value) {
 #[tokio::test]
 async fn every_role_starts_from_its_function_name_and_answers_an_invocation() {
     let empty_batch = json!({"Records": []});
-    for role in ["feed", "filter", "count", "reduce", "daemon"] {
+    for role in ["source", "transform", "reduce", "daemon"] {
         let (cold, response) = invoke(role, empty_batch.clone()).await;
         assert_eq!(response, json!({"batchItemFailures": []}), "{role}");
         eprintln!("cold start of {role}: {:.1} ms", cold.as_secs_f64() * 1e3);

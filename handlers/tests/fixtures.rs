@@ -76,7 +76,7 @@ async fn api_gateway_requests_reach_the_job_api() {
 async fn a_malformed_stage_message_is_a_batch_item_failure() {
     let (_dir, engine) = engine().await;
     let event: SqsEvent = serde_json::from_str(&fixture("sqs-stage-batch.json")).unwrap();
-    let response = handlers::stage(engine.services.clone(), Function::Count, event)
+    let response = handlers::stage(engine.services.clone(), Function::Transform, event)
         .await
         .expect("a malformed message never fails the invocation");
     let mut failed: Vec<&str> = response

@@ -11,26 +11,29 @@ use crate::components::{Reduce, Source, Transform};
 use crate::job::{JobId, JobRequest, ValidationError};
 
 /// The Lambda functions of a deployment. A stage runs in the function of its component's
-/// role; one function serves every job's stages of that role.
+/// role; one function serves every job's stages of that role: a source (planning and
+/// emitting partitions), a transform (any job's record steps: a word count's filter and
+/// count, a pipeline's steps), a reduce (the ledger's fold, a keyed job's merges).
+/// (Named after the word count's stages before: feed, filter, count; those names are read
+/// as the roles they were.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Function {
-    Feed,
-    Filter,
-    Count,
+    #[serde(alias = "feed")]
+    Source,
+    #[serde(alias = "filter", alias = "count")]
+    Transform,
     Reduce,
     Daemon,
 }
 
 impl Function {
-    pub const STAGE_FUNCTIONS: [Function; 4] =
-        [Self::Feed, Self::Filter, Self::Count, Self::Reduce];
+    pub const STAGE_FUNCTIONS: [Function; 3] = [Self::Source, Self::Transform, Self::Reduce];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Feed => "feed",
-            Self::Filter => "filter",
-            Self::Count => "count",
+            Self::Source => "source",
+            Self::Transform => "transform",
             Self::Reduce => "reduce",
             Self::Daemon => "daemon",
         }
@@ -46,16 +49,15 @@ impl fmt::Display for Function {
 impl FromStr for Function {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [
-            Self::Feed,
-            Self::Filter,
-            Self::Count,
-            Self::Reduce,
-            Self::Daemon,
-        ]
-        .into_iter()
-        .find(|f| f.as_str() == s)
-        .ok_or_else(|| format!("unknown function `{s}`"))
+        match s {
+            "feed" => return Ok(Self::Source),
+            "filter" | "count" => return Ok(Self::Transform),
+            _ => {}
+        }
+        [Self::Source, Self::Transform, Self::Reduce, Self::Daemon]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown function `{s}`"))
     }
 }
 

@@ -102,10 +102,23 @@ impl State {
     }
 }
 
-/// The most any job's least grant can be (2 on each stage function): what the line keeps
-/// free for each ticket still waiting before a later one that goes first.
-const LEAST_PER_JOB: u64 =
-    limits::MIN_MAX_CONCURRENCY as u64 * Function::STAGE_FUNCTIONS.len() as u64;
+/// The most stages a flow has (the word count's four; a keyed flow's three and its merge).
+const MAX_STAGES: u64 = 4;
+
+/// The most any job's least grant can be (2, the ESM minimum, for each of its stages):
+/// what the line keeps free for each ticket still waiting before a later one that goes
+/// first.
+const LEAST_PER_JOB: u64 = limits::MIN_MAX_CONCURRENCY as u64 * MAX_STAGES;
+
+/// The least grant of each function a job's stages run in: the ESM minimum for each stage
+/// (two transform stages on one function need 2 each).
+pub fn least_for(functions: &[Function]) -> PerFunction {
+    let mut out = PerFunction::new();
+    for f in functions {
+        *out.entry(f.as_str().to_owned()).or_default() += limits::MIN_MAX_CONCURRENCY;
+    }
+    out
+}
 
 /// One job attempt's place in the budget.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +231,19 @@ pub async fn acquire(
     need: &PerFunction,
     budget: u32,
 ) -> Result<(PerFunction, bool), ReserveError> {
+    acquire_at_least(svc, job, attempt, need, None, budget).await
+}
+
+/// [`acquire`], with the least grant of each function given (`None`: the ESM minimum for
+/// each function of `need`, one stage each).
+pub async fn acquire_at_least(
+    svc: &Services,
+    job: &str,
+    attempt: u32,
+    need: &PerFunction,
+    least: Option<&PerFunction>,
+    budget: u32,
+) -> Result<(PerFunction, bool), ReserveError> {
     let key = grant_key(job, attempt);
     for _ in 0..RETRIES {
         let (mut st, st_version) = state(svc).await?;
@@ -258,7 +284,12 @@ pub async fn acquire(
             // go before earlier tickets only if their least grants still fit after it.
             let least: PerFunction = need
                 .keys()
-                .map(|f| (f.clone(), limits::MIN_MAX_CONCURRENCY))
+                .map(|f| {
+                    let n = least
+                        .and_then(|l| l.get(f).copied())
+                        .unwrap_or(limits::MIN_MAX_CONCURRENCY);
+                    (f.clone(), n)
+                })
                 .collect();
             let least_total: u64 = least.values().map(|n| u64::from(*n)).sum();
             let earlier = st.waiting_before(own.ticket) * LEAST_PER_JOB;
@@ -442,7 +473,9 @@ pub async fn steer(
     budget: u32,
 ) -> Result<(), ReserveError> {
     let need = per_function(functions, levers);
-    let (granted, changed) = acquire(svc, job, attempt, &need, budget).await?;
+    let least = least_for(functions);
+    let (granted, changed) =
+        acquire_at_least(svc, job, attempt, &need, Some(&least), budget).await?;
     if changed {
         apply(svc, &distinct(functions)).await?;
     }
@@ -729,17 +762,26 @@ mod tests {
     async fn settings_follow_the_state() {
         let dir = tempfile::tempdir().unwrap();
         let svc = services(dir.path());
-        acquire(&svc, "a", 1, &need(&[("count", 30), ("reduce", 5)]), 100)
-            .await
-            .unwrap();
-        let functions = [Function::Count, Function::Reduce, Function::Filter];
+        acquire(
+            &svc,
+            "a",
+            1,
+            &need(&[("transform", 30), ("reduce", 5)]),
+            100,
+        )
+        .await
+        .unwrap();
+        let functions = [Function::Transform, Function::Reduce, Function::Source];
         apply(&svc, &functions).await.unwrap();
         let m = &svc.mappings;
-        assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), Some(30));
+        assert_eq!(
+            m.get_reserved_concurrency("transform").await.unwrap(),
+            Some(30)
+        );
         assert_eq!(m.get_reserved_concurrency("reduce").await.unwrap(), Some(5));
-        assert_eq!(m.get_reserved_concurrency("filter").await.unwrap(), None);
+        assert_eq!(m.get_reserved_concurrency("source").await.unwrap(), None);
         release(&svc, "a", 1).await.unwrap();
         apply(&svc, &functions).await.unwrap();
-        assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), None);
+        assert_eq!(m.get_reserved_concurrency("transform").await.unwrap(), None);
     }
 }

@@ -265,7 +265,7 @@ async fn a_job_runs_end_to_end_over_the_aws_protocol() {
     let functions: BTreeSet<&str> = seen.reserved.iter().map(|(f, _)| f.as_str()).collect();
     assert_eq!(
         functions,
-        BTreeSet::from(["count", "feed", "filter", "reduce"]),
+        BTreeSet::from(["reduce", "source", "transform"]),
         "{seen:?}"
     );
     assert!(seen.reserved.iter().all(|(_, n)| *n >= 2), "{seen:?}");
@@ -518,20 +518,23 @@ async fn the_sweeper_cleans_up_after_dead_daemons() {
     };
     let mapping = ports
         .mappings
-        .create_mapping(&leaked, "count", config, tags)
+        .create_mapping(&leaked, "transform", config, tags)
         .await
         .unwrap();
-    let need = [("count".to_owned(), 7)].into_iter().collect();
+    let need = [("transform".to_owned(), 7)].into_iter().collect();
     orchestration::reserve::acquire(&engine.services, id.as_str(), rec.attempt, &need, 900)
         .await
         .unwrap();
-    orchestration::reserve::apply(&engine.services, &[orchestration::flow::Function::Count])
-        .await
-        .unwrap();
+    orchestration::reserve::apply(
+        &engine.services,
+        &[orchestration::flow::Function::Transform],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         ports
             .mappings
-            .get_reserved_concurrency("count")
+            .get_reserved_concurrency("transform")
             .await
             .unwrap(),
         Some(7)
@@ -596,7 +599,7 @@ async fn the_sweeper_cleans_up_after_dead_daemons() {
     assert_eq!(
         ports
             .mappings
-            .get_reserved_concurrency("count")
+            .get_reserved_concurrency("transform")
             .await
             .unwrap(),
         None

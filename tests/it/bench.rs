@@ -47,7 +47,7 @@ fn the_run_summary_models_what_the_job_would_cost_on_aws() {
         .iter()
         .map(|f| f["function"].as_str().unwrap())
         .collect();
-    assert_eq!(functions, ["count", "daemon", "feed", "filter", "reduce"]);
+    assert_eq!(functions, ["daemon", "reduce", "source", "transform"]);
     // 20 partitions: each reduced in a transaction (2 units per item), markers included.
     assert!(usage["dynamodb_write_units"].as_u64().unwrap() >= 2 * 20);
     assert!(usage["sqs_requests"].as_u64().unwrap() >= 4);

@@ -885,7 +885,8 @@ async fn mappings_contract(p: &Ports) {
     ] {
         assert!(
             matches!(
-                m.create_mapping(&queue, "feed", bad, BTreeMap::new()).await,
+                m.create_mapping(&queue, "source", bad, BTreeMap::new())
+                    .await,
                 Err(MappingError::Invalid(_))
             ),
             "{bad:?} was accepted"
@@ -900,12 +901,12 @@ async fn mappings_contract(p: &Ports) {
         ("sluice:stage".to_owned(), "feed".to_owned()),
     ]);
     let created = m
-        .create_mapping(&queue, "feed", config(100, 1, 5), tags.clone())
+        .create_mapping(&queue, "source", config(100, 1, 5), tags.clone())
         .await
         .unwrap();
     assert_eq!(
         (created.queue_url.as_str(), created.function.as_str()),
-        (queue.as_str(), "feed")
+        (queue.as_str(), "source")
     );
     assert_eq!(created.config, config(100, 1, 5));
     assert_eq!(created.tags, tags);
@@ -999,18 +1000,24 @@ async fn mappings_contract(p: &Ports) {
     ));
 
     // Reserved concurrency.
-    assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), None);
-    m.put_reserved_concurrency("count", 40).await.unwrap();
-    assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), Some(40));
-    m.put_reserved_concurrency("count", 0).await.unwrap();
-    assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), Some(0));
+    assert_eq!(m.get_reserved_concurrency("transform").await.unwrap(), None);
+    m.put_reserved_concurrency("transform", 40).await.unwrap();
+    assert_eq!(
+        m.get_reserved_concurrency("transform").await.unwrap(),
+        Some(40)
+    );
+    m.put_reserved_concurrency("transform", 0).await.unwrap();
+    assert_eq!(
+        m.get_reserved_concurrency("transform").await.unwrap(),
+        Some(0)
+    );
     assert!(matches!(
-        m.put_reserved_concurrency("count", 5_000).await,
+        m.put_reserved_concurrency("transform", 5_000).await,
         Err(MappingError::Invalid(_))
     ));
-    m.delete_reserved_concurrency("count").await.unwrap();
-    assert_eq!(m.get_reserved_concurrency("count").await.unwrap(), None);
-    m.delete_reserved_concurrency("count").await.unwrap();
+    m.delete_reserved_concurrency("transform").await.unwrap();
+    assert_eq!(m.get_reserved_concurrency("transform").await.unwrap(), None);
+    m.delete_reserved_concurrency("transform").await.unwrap();
     p.queues.delete_queue(&queue).await.unwrap();
 }
 

@@ -436,7 +436,7 @@ async fn identical_messages_in_one_batch_are_processed_once() {
         message("c", "not an envelope"),
         message("d", "not an envelope"),
     ];
-    let response = StageHandler::new(svc.clone(), Function::Feed)
+    let response = StageHandler::new(svc.clone(), Function::Source)
         .handle(batch)
         .await
         .unwrap();
@@ -451,7 +451,7 @@ async fn identical_messages_in_one_batch_are_processed_once() {
     let sent = svc.queues.counts(filter).await.unwrap().visible;
     let mut again = SqsEvent::default();
     again.records = vec![message("e", &task.body)];
-    StageHandler::new(svc.clone(), Function::Feed)
+    StageHandler::new(svc.clone(), Function::Source)
         .handle(again)
         .await
         .unwrap();

@@ -45,9 +45,7 @@ pub const OPTIONAL_ENV: &[&str] = &[
 
 /// The Lambda functions of a deployment, by their logical names; each is a binary of the
 /// `handlers` package and is deployed as `{prefix}-{name}`.
-pub const FUNCTIONS: &[&str] = &[
-    "api", "daemon", "sweeper", "feed", "filter", "count", "reduce",
-];
+pub const FUNCTIONS: &[&str] = &["api", "daemon", "sweeper", "source", "transform", "reduce"];
 
 /// Account concurrency (AWS-FACTS.md: 1,000 per Region, soft) less the 100 that must stay
 /// unreserved: the default budget for reserved concurrency.

@@ -198,7 +198,7 @@ impl JobType for FireTweets {
             size: days,
             stages: vec![
                 stage(
-                    Function::Feed,
+                    Function::Source,
                     "feed",
                     "blob-lines",
                     // By reference: the match stage reads each range's bytes in place.
@@ -211,7 +211,7 @@ impl JobType for FireTweets {
                     })),
                 ),
                 stage(
-                    Function::Count,
+                    Function::Transform,
                     "match",
                     "tweet-match",
                     Step::Transform(Arc::new(TweetMatch {

@@ -150,8 +150,10 @@ impl JobType for Wordcount {
 
     fn flow(&self, params: &Value) -> Result<Flow, ValidationError> {
         let (p, _) = read(params)?;
-        let stage = |function: Function, component, step| Stage {
-            name: function.as_str().to_owned(),
+        // The stages keep the paper's names (their queues are `…-feed`, `…-filter`, …);
+        // the functions are by role, and the filter and count stages share `transform`.
+        let stage = |name: &str, function: Function, component, step| Stage {
+            name: name.to_owned(),
             function,
             component,
             step,
@@ -188,22 +190,29 @@ impl JobType for Wordcount {
         let flow = Flow {
             size,
             stages: vec![
-                stage(Function::Feed, component, source),
+                stage("feed", Function::Source, component, source),
                 stage(
-                    Function::Filter,
+                    "filter",
+                    Function::Transform,
                     "filter",
                     Step::Transform(Arc::new(Filter {
                         contains: p.contains,
                     })),
                 ),
                 stage(
-                    Function::Count,
+                    "count",
+                    Function::Transform,
                     "word-count",
                     Step::Transform(Arc::new(WordCount {
                         per_word: p.per_word,
                     })),
                 ),
-                stage(Function::Reduce, "sum", Step::Reduce(Arc::new(Sum))),
+                stage(
+                    "reduce",
+                    Function::Reduce,
+                    "sum",
+                    Step::Reduce(Arc::new(Sum)),
+                ),
             ],
             keyed: None,
         };

@@ -294,13 +294,13 @@ impl Pipeline {
             stages: vec![
                 match synthetic {
                     Some(source) => stage(
-                        Function::Feed,
+                        Function::Source,
                         "source",
                         "synthetic-text",
                         Step::Source(Arc::new(source)),
                     ),
                     None => stage(
-                        Function::Feed,
+                        Function::Source,
                         "source",
                         "blob-lines",
                         Step::Source(Arc::new(BlobLines {
@@ -313,7 +313,7 @@ impl Pipeline {
                     ),
                 },
                 stage(
-                    Function::Count,
+                    Function::Transform,
                     "records",
                     "pipeline-records",
                     Step::Transform(Arc::new(scan)),
