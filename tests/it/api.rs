@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::Server;
 
-async fn post(client: &Client, server: &Server, body: &Value) -> (StatusCode, Value) {
+pub(crate) async fn post(client: &Client, server: &Server, body: &Value) -> (StatusCode, Value) {
     let r = client
         .post(server.url("/jobs"))
         .json(body)
@@ -25,7 +25,7 @@ async fn get(client: &Client, server: &Server, path: &str) -> (StatusCode, Value
 }
 
 /// Polls the result route until it stops answering 409 (a hang guard, not a timing check).
-async fn wait_result(client: &Client, server: &Server, id: &str) -> Value {
+pub(crate) async fn wait_result(client: &Client, server: &Server, id: &str) -> Value {
     let guard = Instant::now();
     loop {
         let (status, body) = get(client, server, &format!("/jobs/{id}/result")).await;

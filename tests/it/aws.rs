@@ -61,8 +61,13 @@ async fn deployment_on(
 
 /// `POST /jobs` through the `api` Lambda handler, from the API Gateway fixture.
 async fn post_fixture_job(engine: &Engine) -> JobId {
+    post_event(engine, &fixture("apigw-v2-post-jobs.json")).await
+}
+
+/// An API Gateway event through the `api` Lambda handler: the job it made.
+async fn post_event(engine: &Engine, event: &str) -> JobId {
     let api = Api::new(engine.services.clone(), Arc::new(NoTelemetry));
-    let request = lambda_http::request::from_str(&fixture("apigw-v2-post-jobs.json")).unwrap();
+    let request = lambda_http::request::from_str(event).unwrap();
     let response = handlers::http::handle(&api, request).await;
     let Body::Text(text) = response.body() else {
         panic!("no body")
@@ -647,15 +652,7 @@ async fn an_ad_hoc_pipeline_runs_over_the_aws_protocol() {
     let mut event: Value = serde_json::from_str(&fixture("apigw-v2-post-jobs.json")).unwrap();
     event["body"] =
         json!(json!({"type": "pipeline", "params": {"definition": definition}}).to_string());
-    let api = Api::new(engine.services.clone(), Arc::new(NoTelemetry));
-    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
-    let response = handlers::http::handle(&api, request).await;
-    let Body::Text(text) = response.body() else {
-        panic!("no body")
-    };
-    let body: Value = serde_json::from_str(text).unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{body}");
-    let id = JobId::parse(body["job_id"].as_str().unwrap()).unwrap();
+    let id = post_event(&engine, &event.to_string()).await;
     run_until_done(&engine, &ports, &settings, &id).await;
 
     let rec = record::load(ports.store.as_ref(), &id)

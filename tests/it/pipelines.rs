@@ -2,12 +2,13 @@
 //! it, and an ad-hoc definition runs over HTTP on a running `sluice serve` (no restart, no
 //! rebuild), with bad definitions refused by field.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestration::pipeline::{testing, Pipeline};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
+use crate::api::{post, wait_result};
 use crate::support::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,34 +48,6 @@ fn definition(filter: &str) -> Value {
         },
         "settings": {"policy": "always-one", "min_coverage": 0.5},
     })
-}
-
-async fn post(client: &Client, server: &Server, body: &Value) -> (StatusCode, Value) {
-    let r = client
-        .post(server.url("/jobs"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap())
-}
-
-async fn wait_result(client: &Client, server: &Server, id: &str) -> Value {
-    let guard = Instant::now();
-    loop {
-        let r = client
-            .get(server.url(&format!("/jobs/{id}/result")))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::OK {
-            return r.json().await.unwrap();
-        }
-        assert_eq!(r.status(), StatusCode::CONFLICT);
-        assert!(guard.elapsed() < Duration::from_secs(300), "never finished");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -229,7 +229,7 @@ impl Walk {
                 }
             }
             Node::Select(_) => {
-                if let Some(path) = select_path(e) {
+                if let Some(path) = select_path(e, true) {
                     let root = path.split('.').next().unwrap_or_default();
                     if !locals.contains(&root) {
                         self.refs.names.insert(root.to_owned());
@@ -318,13 +318,14 @@ fn bracket_nesting(source: &str) -> usize {
     max
 }
 
-/// `a.b.c` as a dotted path, when the select chain ends at a name.
-fn select_path(e: &IdedExpr) -> Option<String> {
+/// `a.b.c` as a dotted path, when the select chain ends at a name; `has(a.b)`'s test
+/// select counts as a step only `with_tests`.
+pub(crate) fn select_path(e: &IdedExpr, with_tests: bool) -> Option<String> {
     let mut parts = Vec::new();
     let mut at = e;
     loop {
         match &at.expr {
-            Node::Select(s) => {
+            Node::Select(s) if with_tests || !s.test => {
                 parts.push(s.field.as_str());
                 at = &s.operand;
             }

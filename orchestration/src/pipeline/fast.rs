@@ -222,7 +222,7 @@ pub fn compile(e: &IdedExpr, names: &dyn Names) -> Option<F> {
         }),
         Node::Ident(name) => F::Slot(names.slot(name)?),
         Node::Select(s) if !s.test => {
-            let path = dotted(e);
+            let path = expr::select_path(e, false);
             if let Some(path) = &path {
                 if let Some(rest) = path.strip_prefix("params.") {
                     if !rest.contains('.') {
@@ -324,26 +324,6 @@ pub fn compile(e: &IdedExpr, names: &dyn Names) -> Option<F> {
         }
         _ => return None,
     })
-}
-
-/// `a.b.c` as a dotted path, when the select chain ends at a name.
-fn dotted(e: &IdedExpr) -> Option<String> {
-    let mut parts = Vec::new();
-    let mut at = e;
-    loop {
-        match &at.expr {
-            Node::Select(s) if !s.test => {
-                parts.push(s.field.as_str());
-                at = &s.operand;
-            }
-            Node::Ident(name) => {
-                parts.push(name.as_str());
-                parts.reverse();
-                return Some(parts.join("."));
-            }
-            _ => return None,
-        }
-    }
 }
 
 /// What an evaluation reads: the slots' values and the params.

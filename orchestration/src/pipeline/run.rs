@@ -1244,7 +1244,9 @@ impl Scan<'_> {
         if outcome.is_ok() {
             let updates = std::mem::take(&mut self.updates);
             for u in &updates {
-                self.apply(u);
+                if !self.apply(u) {
+                    self.errors += 1;
+                }
             }
             self.updates = updates;
         }
@@ -1365,11 +1367,7 @@ impl Scan<'_> {
                     if k == V::Null {
                         continue;
                     }
-                    let g = g.key_text()?;
-                    if g.contains(GROUP_SEPARATOR) {
-                        return Err(Unsure);
-                    }
-                    Update::Key(i, format!("{g}{GROUP_SEPARATOR}{}", k.key_text()?))
+                    Update::Key(i, group_key(g.key_text()?, &k.key_text()?).ok_or(Unsure)?)
                 }
                 AggregateOp::CountBy => match eval(&fa.key)? {
                     V::Null => continue,
@@ -1384,11 +1382,7 @@ impl Scan<'_> {
                     if v == V::Null {
                         continue;
                     }
-                    let cell = match v.number()? {
-                        Number::Int(n) if n >= 0 => Cell::Int(n as u64),
-                        n => Cell::Real(n.as_f64()),
-                    };
-                    Update::KeyCell(i, k.key_text()?, cell)
+                    Update::KeyCell(i, k.key_text()?, cell_of(v.number()?))
                 }
             };
             self.updates.push(update);
@@ -1396,7 +1390,8 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn apply(&mut self, u: &Update) {
+    /// Applies one record's update to its aggregate; false when the keyed map refused it.
+    fn apply(&mut self, u: &Update) -> bool {
         match u {
             Update::Count(i) => {
                 if let Acc::Count(n) = &mut self.accs[*i] {
@@ -1406,23 +1401,9 @@ impl Scan<'_> {
             Update::Number(i, x) => {
                 let op = self.c.aggregates[*i].op;
                 if let Acc::Number(slot) = &mut self.accs[*i] {
-                    *slot = Some(match (*slot, op) {
-                        (None, _) => *x,
-                        (Some(acc), AggregateOp::Sum) => add_numbers(acc, *x),
-                        (Some(acc), AggregateOp::Min) => {
-                            if x.as_f64() < acc.as_f64() {
-                                *x
-                            } else {
-                                acc
-                            }
-                        }
-                        (Some(acc), _) => {
-                            if x.as_f64() > acc.as_f64() {
-                                *x
-                            } else {
-                                acc
-                            }
-                        }
+                    *slot = Some(match *slot {
+                        None => *x,
+                        Some(acc) => fold_number(op, acc, *x),
                     });
                 }
             }
@@ -1433,9 +1414,7 @@ impl Scan<'_> {
             }
             Update::KeyCell(i, k, cell) => {
                 if let Acc::Keyed(m) = &mut self.accs[*i] {
-                    if m.add(k, *cell).is_err() {
-                        self.errors += 1;
-                    }
+                    return m.add(k, *cell).is_ok();
                 }
             }
             Update::Distinct(i, k) => {
@@ -1444,6 +1423,7 @@ impl Scan<'_> {
                 }
             }
         }
+        true
     }
 
     fn notice_or_malformed(&mut self, line: &[u8]) {
@@ -1524,8 +1504,9 @@ impl Scan<'_> {
     }
 
     fn aggregate(&mut self, ctx: &Context<'_, '_>) -> bool {
+        let c = self.c;
         let mut ok = true;
-        for (a, acc) in self.c.aggregates.iter().zip(self.accs.iter_mut()) {
+        for (i, a) in c.aggregates.iter().enumerate() {
             if let Some(w) = &a.when {
                 match w.eval(ctx) {
                     Ok(Cel::Bool(true)) => {}
@@ -1536,7 +1517,11 @@ impl Scan<'_> {
                     }
                 }
             }
-            ok &= add(a, acc, ctx, self.record_secs).is_some();
+            match update(i, a, ctx, self.record_secs) {
+                Some(Some(u)) => ok &= self.apply(&u),
+                Some(None) => {}
+                None => ok = false,
+            }
         }
         ok
     }
@@ -1652,97 +1637,84 @@ fn fill_null(obj: &mut Value, path: &[String]) {
     }
 }
 
-/// Adds one record to an aggregate; `None` when an expression failed.
-fn add(
+/// What one record adds to aggregate `i` on the `cel` path: `None` when an expression
+/// failed, `Some(None)` when it adds nothing (a null value or key).
+fn update(
+    i: usize,
     a: &CAggregate,
-    acc: &mut Acc,
     ctx: &Context<'_, '_>,
     record_secs: Option<i64>,
-) -> Option<()> {
-    let eval = |e: &Option<Expr>| e.as_ref().map(|e| e.eval(ctx));
-    match acc {
-        Acc::Count(n) => *n += 1,
-        Acc::Number(slot) => {
-            let v = eval(&a.value)?.ok()?;
-            if v == Cel::Null {
-                return Some(());
-            }
-            let x = expr::number(&v)?;
-            *slot = Some(match (*slot, a.op) {
-                (None, _) => x,
-                (Some(acc), AggregateOp::Sum) => add_numbers(acc, x),
-                (Some(acc), AggregateOp::Min) => {
-                    if x.as_f64() < acc.as_f64() {
-                        x
-                    } else {
-                        acc
-                    }
-                }
-                (Some(acc), _) => {
-                    if x.as_f64() > acc.as_f64() {
-                        x
-                    } else {
-                        acc
-                    }
-                }
-            });
-        }
-        Acc::Distinct(s) => {
-            let v = eval(&a.value)?.ok()?;
-            if v == Cel::Null {
-                return Some(());
-            }
-            s.insert(expr::key_text(&v)?.as_str());
-        }
-        Acc::Keyed(map) => {
-            let key = match a.op {
-                AggregateOp::Histogram => {
-                    let t = match &a.time {
-                        Some(e) => e.eval(ctx).ok()?,
-                        None => Cel::Timestamp(timestamp(record_secs?)?),
-                    };
-                    let Cel::Timestamp(t) = t else { return None };
-                    bucket_key(t.timestamp(), a.bucket)?
-                }
-                AggregateOp::TopK => {
-                    let g = eval(&a.group)?.ok()?;
-                    let k = eval(&a.key)?.ok()?;
-                    if k == Cel::Null {
-                        return Some(());
-                    }
-                    let g = expr::key_text(&g)?;
-                    if g.contains(GROUP_SEPARATOR) {
-                        return None;
-                    }
-                    format!("{g}{GROUP_SEPARATOR}{}", expr::key_text(&k)?)
-                }
-                _ => {
-                    let k = eval(&a.key)?.ok()?;
-                    if k == Cel::Null {
-                        return Some(());
-                    }
-                    expr::key_text(&k)?
-                }
+) -> Option<Option<Update>> {
+    let eval = |e: &Option<Expr>| -> Option<Cel> { e.as_ref()?.eval(ctx).ok() };
+    Some(Some(match a.op {
+        AggregateOp::Count => Update::Count(i),
+        AggregateOp::Sum | AggregateOp::Min | AggregateOp::Max => match eval(&a.value)? {
+            Cel::Null => return Some(None),
+            v => Update::Number(i, expr::number(&v)?),
+        },
+        AggregateOp::Distinct => match eval(&a.value)? {
+            Cel::Null => return Some(None),
+            v => Update::Distinct(i, expr::key_text(&v)?),
+        },
+        AggregateOp::Histogram => {
+            let t = match &a.time {
+                Some(e) => e.eval(ctx).ok()?,
+                None => Cel::Timestamp(timestamp(record_secs?)?),
             };
-            match a.op {
-                AggregateOp::CountBy | AggregateOp::TopK | AggregateOp::Histogram => {
-                    map.count(&key)
-                }
-                _ => {
-                    let v = eval(&a.value)?.ok()?;
-                    if v == Cel::Null {
-                        return Some(());
-                    }
-                    let cell = match expr::number(&v)? {
-                        Number::Int(i) if i >= 0 => Cell::Int(i as u64),
-                        n => Cell::Real(n.as_f64()),
-                    };
-                    map.add(&key, cell).ok()?;
-                }
-            }
+            let Cel::Timestamp(t) = t else { return None };
+            Update::Key(i, bucket_key(t.timestamp(), a.bucket)?)
         }
+        AggregateOp::TopK => {
+            let g = eval(&a.group)?;
+            let k = eval(&a.key)?;
+            if k == Cel::Null {
+                return Some(None);
+            }
+            Update::Key(i, group_key(expr::key_text(&g)?, &expr::key_text(&k)?)?)
+        }
+        AggregateOp::CountBy => match eval(&a.key)? {
+            Cel::Null => return Some(None),
+            k => Update::Key(i, expr::key_text(&k)?),
+        },
+        AggregateOp::SumBy | AggregateOp::MinBy | AggregateOp::MaxBy => {
+            let k = eval(&a.key)?;
+            if k == Cel::Null {
+                return Some(None);
+            }
+            let v = eval(&a.value)?;
+            if v == Cel::Null {
+                return Some(None);
+            }
+            Update::KeyCell(i, expr::key_text(&k)?, cell_of(expr::number(&v)?))
+        }
+    }))
+}
+
+/// A `top-k` aggregate's key: the group and the key, apart; `None` when the group holds
+/// the separator (it could not be told apart).
+fn group_key(group: String, key: &str) -> Option<String> {
+    if group.contains(GROUP_SEPARATOR) {
+        return None;
     }
-    Some(())
+    Some(format!("{group}{GROUP_SEPARATOR}{key}"))
+}
+
+/// A number as a keyed map's cell: non-negative integers stay exact.
+fn cell_of(n: Number) -> Cell {
+    match n {
+        Number::Int(i) if i >= 0 => Cell::Int(i as u64),
+        n => Cell::Real(n.as_f64()),
+    }
+}
+
+/// Folds a number into a `sum`, `min` or `max` aggregate's value.
+fn fold_number(op: AggregateOp, acc: Number, x: Number) -> Number {
+    match op {
+        AggregateOp::Sum => add_numbers(acc, x),
+        AggregateOp::Min if x.as_f64() < acc.as_f64() => x,
+        AggregateOp::Max if x.as_f64() > acc.as_f64() => x,
+        _ => acc,
+    }
 }
 
 fn add_numbers(a: Number, b: Number) -> Number {
