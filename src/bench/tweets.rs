@@ -46,6 +46,11 @@ pub struct FireTweetsArgs {
     /// the built-in's, and its answer, which must be the built-in's.
     #[arg(long)]
     pub pipeline: bool,
+    /// Also run the definition unfused (`settings.fuse = false`: a stage a step, each
+    /// sending the next its records as JSON), as an ad-hoc pipeline: its time against the
+    /// fused definition's. Implies --pipeline.
+    #[arg(long)]
+    pub unfused: bool,
 }
 
 /// One side's run: times and answer.
@@ -68,6 +73,10 @@ pub struct Comparison {
     pub duckdb_version: String,
     /// The definition's run (`--pipeline`).
     pub pipeline: Option<Side>,
+    /// The definition's run unfused (`--unfused`).
+    pub unfused: Option<Side>,
+    /// The fused definition with every expression in `cel` (`--unfused`).
+    pub cel_only: Option<Side>,
 }
 
 impl Comparison {
@@ -95,6 +104,16 @@ impl Comparison {
                 "wall_s": p.wall_s, "cpu_s": p.cpu_s,
                 "ratio_to_built_in": p.wall_s / self.sluice.wall_s,
                 "cpu_ratio_to_built_in": p.cpu_s / self.sluice.cpu_s.max(1e-9),
+            })),
+            "unfused": self.unfused.as_ref().map(|u| json!({
+                "wall_s": u.wall_s, "cpu_s": u.cpu_s,
+                "ratio_to_fused": self.pipeline.as_ref().map(|p| u.wall_s / p.wall_s),
+                "cpu_ratio_to_fused": self.pipeline.as_ref().map(|p| u.cpu_s / p.cpu_s.max(1e-9)),
+                "ratio_to_fused_cel_only": self.cel_only.as_ref().map(|p| u.wall_s / p.wall_s),
+            })),
+            "cel_only": self.cel_only.as_ref().map(|u| json!({
+                "wall_s": u.wall_s, "cpu_s": u.cpu_s,
+                "ratio_to_fused": self.pipeline.as_ref().map(|p| u.wall_s / p.wall_s),
             })),
         })
     }
@@ -219,12 +238,23 @@ fn python(args: &FireTweetsArgs) -> Result<PathBuf> {
 
 /// Runs one job type on the generated files in a fresh state: its side, and its whole
 /// result (keyed fields expanded).
-async fn run_job(args: &FireTweetsArgs, job_type: &str, n: usize) -> Result<(Side, Value)> {
+/// `extra` params are added to the days and country.
+async fn run_job(
+    args: &FireTweetsArgs,
+    job_type: &str,
+    extra: Value,
+    n: usize,
+) -> Result<(Side, Value)> {
     let to = args.from.plus(args.days as i64 - 1);
     let state = fresh_state(&args.data, n)?;
+    let mut params =
+        json!({"country": args.country, "from": args.from.to_string(), "to": to.to_string()});
+    if let (Some(p), Value::Object(extra)) = (params.as_object_mut(), extra) {
+        p.extend(extra);
+    }
     let request = JobRequest {
         job_type: job_type.into(),
-        params: json!({"country": args.country, "from": args.from.to_string(), "to": to.to_string()}),
+        params,
     };
     let cpu0 = process_cpu_s();
     // The default policy, as `sluice run` uses.
@@ -305,19 +335,49 @@ pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
     let duckdb_version = duck["duckdb"].as_str().unwrap_or("?").to_owned();
     let duckdb: Side = serde_json::from_value(duck)?;
 
-    let (sluice, builtin_result) = run_job(args, "fire-tweets", 0).await?;
-    let pipeline = if args.pipeline {
-        let (side, result) = run_job(args, "fire-tweets-pipeline", 1).await?;
-        let mut result = result;
+    let (sluice, builtin_result) = run_job(args, "fire-tweets", json!({}), 0).await?;
+    let same = |side: Side, mut result: Value, what: &str| -> Result<Side> {
         let errors = result
             .as_object_mut()
             .and_then(|o| o.remove("expression_errors"));
         if result != builtin_result || errors != Some(json!(0)) {
             bail!(
-                "the definition's answer differs from the built-in job's:\n  definition: {result}\n  built-in: {builtin_result}"
+                "the {what}'s answer differs from the built-in job's:\n  {what}: {result}\n  built-in: {builtin_result}"
             );
         }
-        Some(side)
+        Ok(side)
+    };
+    let pipeline = if args.pipeline || args.unfused {
+        let (side, result) = run_job(args, "fire-tweets-pipeline", json!({}), 1).await?;
+        Some(same(side, result, "definition")?)
+    } else {
+        None
+    };
+    // The fused definition again with every expression in `cel`, as the unfused stages
+    // run them: what the queue hops cost apart from the fast path.
+    let cel_only = if args.unfused {
+        orchestration::pipeline::run::set_fast_path(false);
+        let run = run_job(args, "fire-tweets-pipeline", json!({}), 3).await;
+        orchestration::pipeline::run::set_fast_path(true);
+        let (side, result) = run?;
+        Some(same(side, result, "definition without its fast path")?)
+    } else {
+        None
+    };
+    let unfused = if args.unfused {
+        let text = orchestration::pipeline::shipped()
+            .into_iter()
+            .find(|(file, _)| *file == "fire-tweets.toml")
+            .map(|(_, text)| text)
+            .context("no pipelines/fire-tweets.toml in this build")?;
+        let mut def = orchestration::pipeline::Pipeline::from_toml(text)
+            .map_err(|e| anyhow::anyhow!("pipelines/fire-tweets.toml: {e}"))?
+            .def;
+        def.name = "fire-tweets-unfused".into();
+        def.settings.fuse = Some(false);
+        let extra = json!({"definition": serde_json::to_value(&def)?});
+        let (side, result) = run_job(args, orchestration::pipeline::AD_HOC, extra, 2).await?;
+        Some(same(side, result, "unfused definition")?)
     } else {
         None
     };
@@ -342,6 +402,8 @@ pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
         duckdb,
         duckdb_version,
         pipeline,
+        unfused,
+        cel_only,
     })
 }
 
@@ -363,6 +425,12 @@ pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
     ];
     if let Some(p) = &c.pipeline {
         rows.push(row("sluice (definition)", p));
+    }
+    if let Some(u) = &c.cel_only {
+        rows.push(row("sluice (definition, cel only)", u));
+    }
+    if let Some(u) = &c.unfused {
+        rows.push(row("sluice (definition, unfused)", u));
     }
     let header = [
         "engine",
@@ -388,6 +456,15 @@ pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
             p.cpu_s / c.sluice.cpu_s.max(1e-9)
         ),
         None => title,
+    };
+    let title = match (&c.pipeline, &c.unfused, &c.cel_only) {
+        (Some(p), Some(u), Some(k)) => format!(
+            "{title}; unfused/fused wall {:.2}, CPU {:.2}; unfused/fused-in-cel wall {:.2} (same answers)",
+            u.wall_s / p.wall_s,
+            u.cpu_s / p.cpu_s.max(1e-9),
+            u.wall_s / k.wall_s,
+        ),
+        _ => title,
     };
     out.report(&title, &header, &rows, c.to_json());
     if !out.json {

@@ -32,6 +32,15 @@ async fn every_shipped_pipeline_passes_its_declared_tests() {
                 failures.push(format!("{} :: {name}: {e}", f.display()));
             }
         }
+        // Unfused, a stage a step with records sent between them as JSON: the same results.
+        let mut def = p.def.clone();
+        def.settings.fuse = Some(false);
+        let unfused = Pipeline::compile(def).unwrap();
+        for (name, outcome) in testing::run_all(&unfused, dir.path()).await {
+            if let Err(e) = outcome {
+                failures.push(format!("{} (unfused) :: {name}: {e}", f.display()));
+            }
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -160,7 +169,8 @@ async fn an_ad_hoc_pipeline_runs_over_http_with_no_restart() {
 }
 
 /// `pipelines/fire-tweets.toml` gives exactly the built-in fire-tweets' result on 3
-/// generated days (its own `expression_errors`, 0, aside), with and without faults.
+/// generated days (its own `expression_errors`, 0, aside), with and without faults; and so
+/// does the same definition unfused (a stage a step, records sent between them as JSON).
 async fn fire_tweets_as_a_definition(faults: &str, gzip: bool) {
     use orchestration::job::{JobRequest, JobStatus};
     use orchestration::local::{Engine, EngineOptions};
@@ -189,8 +199,19 @@ async fn fire_tweets_as_a_definition(faults: &str, gzip: bool) {
         .await
         .unwrap();
     let params = json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-03"});
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let text = std::fs::read_to_string(root.join("fire-tweets.toml")).unwrap();
+    let mut unfused = Pipeline::from_toml(&text).unwrap().def;
+    unfused.name = "fire-tweets-unfused".into();
+    unfused.settings.fuse = Some(false);
+    let mut unfused_params = params.clone();
+    unfused_params["definition"] = serde_json::to_value(&unfused).unwrap();
     let mut ids = Vec::new();
-    for job_type in ["fire-tweets", "fire-tweets-pipeline"] {
+    for (job_type, params) in [
+        ("fire-tweets", &params),
+        ("fire-tweets-pipeline", &params),
+        ("pipeline", &unfused_params),
+    ] {
         let request = JobRequest {
             job_type: job_type.into(),
             params: params.clone(),
@@ -216,14 +237,15 @@ async fn fire_tweets_as_a_definition(faults: &str, gzip: bool) {
                 .unwrap();
         results.push(result);
     }
-    let mut pipeline = results.pop().unwrap();
-    let builtin = results.pop().unwrap();
-    let errors = pipeline
-        .as_object_mut()
-        .unwrap()
-        .remove("expression_errors");
-    assert_eq!(errors, Some(json!(0)));
-    assert_eq!(pipeline, builtin, "under `{faults}`");
+    let builtin = results.remove(0);
+    for (mut pipeline, how) in results.into_iter().zip(["fused", "unfused"]) {
+        let errors = pipeline
+            .as_object_mut()
+            .unwrap()
+            .remove("expression_errors");
+        assert_eq!(errors, Some(json!(0)), "{how}");
+        assert_eq!(pipeline, builtin, "{how}, under `{faults}`");
+    }
     assert!(builtin["matching"].as_u64().unwrap() > 20, "{builtin}");
     assert!(
         builtin["notices"].as_object().unwrap().len() > 1,

@@ -540,6 +540,130 @@ pub fn number(v: &Value) -> Option<Number> {
     }
 }
 
+/// The tag of a value JSON has no type for, in a record passed between unfused stages:
+/// an object of one key, the tag, which no JSON a source reads has (a control character).
+const TAG: char = '\u{1f}';
+
+/// A CEL value as JSON that [`from_record_json`] reads back as the same value: what an
+/// unfused pipeline's stage sends the next. JSON's types as they are; a uint, a
+/// non-finite float, bytes, a duration, a timestamp and a map with keys other than strings
+/// tagged. `None` for what has no value to send (a function, an opaque value).
+pub fn to_record_json(v: &Value) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    let tagged = |tag: char, v: J| J::Object([(format!("{TAG}{tag}"), v)].into_iter().collect());
+    Some(match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::UInt(u) => tagged('u', J::from(*u)),
+        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            // Written with a point or an exponent (`1.0`), so read back as a float.
+            Some(n) => J::Number(n),
+            None => tagged('f', J::String(f.to_string())),
+        },
+        Value::String(s) => J::String(s.to_string()),
+        Value::Bytes(b) => tagged('b', J::Array(b.iter().map(|x| J::from(*x)).collect())),
+        Value::Duration(d) => tagged('d', J::from(d.num_nanoseconds()?)),
+        Value::Timestamp(t) => tagged('t', J::String(t.to_rfc3339())),
+        Value::List(items) => J::Array(items.iter().map(to_record_json).collect::<Option<_>>()?),
+        Value::Map(m) => {
+            if m.map
+                .keys()
+                .all(|k| matches!(k, cel::objects::Key::String(_)))
+            {
+                let mut o = serde_json::Map::new();
+                for (k, v) in m.map.iter() {
+                    if let cel::objects::Key::String(k) = k {
+                        o.insert(k.to_string(), to_record_json(v)?);
+                    }
+                }
+                if o.len() == 1 && o.keys().all(|k| k.starts_with(TAG)) {
+                    return None;
+                }
+                J::Object(o)
+            } else {
+                let mut pairs = Vec::with_capacity(m.map.len());
+                for (k, v) in m.map.iter() {
+                    let k = match k {
+                        cel::objects::Key::Int(i) => Value::Int(*i),
+                        cel::objects::Key::Uint(u) => Value::UInt(*u),
+                        cel::objects::Key::Bool(b) => Value::Bool(*b),
+                        cel::objects::Key::String(s) => Value::String(s.clone()),
+                    };
+                    pairs.push(J::Array(vec![to_record_json(&k)?, to_record_json(v)?]));
+                }
+                tagged('m', J::Array(pairs))
+            }
+        }
+        Value::Function(..) | Value::Opaque(_) | Value::Struct(_) => return None,
+    })
+}
+
+/// The CEL value [`to_record_json`] wrote.
+pub fn from_record_json(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Array(a) => Value::List(Arc::new(a.iter().map(from_record_json).collect())),
+        J::Object(o) if o.len() == 1 => {
+            let Some((k, x)) = o.iter().next() else {
+                return Value::Null;
+            };
+            let mut tag = k.chars();
+            if tag.next() != Some(TAG) {
+                return Value::Map(cel::objects::Map {
+                    map: Arc::new(
+                        [(cel::objects::Key::from(k.as_str()), from_record_json(x))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                });
+            }
+            match (tag.next(), x) {
+                (Some('u'), J::Number(n)) => n.as_u64().map_or(Value::Null, Value::UInt),
+                (Some('f'), J::String(s)) => s.parse().map_or(Value::Null, Value::Float),
+                (Some('b'), J::Array(b)) => Value::Bytes(Arc::new(
+                    b.iter()
+                        .filter_map(|x| x.as_u64().map(|x| x as u8))
+                        .collect(),
+                )),
+                (Some('d'), J::Number(n)) => n.as_i64().map_or(Value::Null, |n| {
+                    Value::Duration(chrono::Duration::nanoseconds(n))
+                }),
+                (Some('t'), J::String(s)) => {
+                    chrono::DateTime::parse_from_rfc3339(s).map_or(Value::Null, Value::Timestamp)
+                }
+                (Some('m'), J::Array(pairs)) => {
+                    let mut map = HashMap::with_capacity(pairs.len());
+                    for p in pairs {
+                        let J::Array(kv) = p else { continue };
+                        let (Some(k), Some(v)) = (kv.first(), kv.get(1)) else {
+                            continue;
+                        };
+                        let key = match from_record_json(k) {
+                            Value::Int(i) => cel::objects::Key::Int(i),
+                            Value::UInt(u) => cel::objects::Key::Uint(u),
+                            Value::Bool(b) => cel::objects::Key::Bool(b),
+                            Value::String(s) => cel::objects::Key::String(s),
+                            _ => continue,
+                        };
+                        map.insert(key, from_record_json(v));
+                    }
+                    Value::Map(cel::objects::Map { map: Arc::new(map) })
+                }
+                _ => Value::Null,
+            }
+        }
+        J::Object(o) => {
+            let map: HashMap<cel::objects::Key, Value> = o
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::from(k.as_str()), from_record_json(v)))
+                .collect();
+            Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+        other => to_cel(other),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Number {
     Int(i64),
@@ -559,6 +683,54 @@ impl Number {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_record_value_survives_json_between_stages() {
+        use chrono::TimeZone;
+        let t = chrono::Utc
+            .with_ymd_and_hms(2018, 11, 1, 10, 0, 0)
+            .single()
+            .map(|t| t.fixed_offset());
+        let Some(t) = t else { panic!("a valid time") };
+        let map = |pairs: Vec<(cel::objects::Key, Value)>| {
+            Value::Map(cel::objects::Map {
+                map: Arc::new(pairs.into_iter().collect()),
+            })
+        };
+        let s = |x: &str| Value::String(Arc::new(x.to_owned()));
+        let values = vec![
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(-3),
+            Value::UInt(3),
+            Value::Float(1.0),
+            Value::Float(2.5),
+            Value::Float(f64::INFINITY),
+            Value::Float(1e300),
+            s("fire"),
+            Value::Bytes(Arc::new(vec![0, 255])),
+            Value::Timestamp(t),
+            Value::Duration(chrono::Duration::seconds(90)),
+            Value::List(Arc::new(vec![Value::Int(1), s("a"), Value::Float(0.5)])),
+            map(vec![("a".into(), Value::Int(1)), ("b".into(), s("x"))]),
+            map(vec![("only".into(), Value::UInt(7))]),
+            map(vec![(cel::objects::Key::Int(1), s("one"))]),
+        ];
+        for v in values {
+            let Some(j) = to_record_json(&v) else {
+                panic!("{v:?} has JSON")
+            };
+            let text = j.to_string();
+            let back: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(b) => b,
+                Err(e) => panic!("{text}: {e}"),
+            };
+            assert_eq!(from_record_json(&back), v, "{text}");
+        }
+        // A map whose only key looks like a tag is not sent (it would read back as another).
+        let tag_like = map(vec![(format!("{TAG}u").as_str().into(), Value::Int(1))]);
+        assert_eq!(to_record_json(&tag_like), None);
+    }
 
     fn eval(source: &str, vars: serde_json::Value) -> Result<Value, String> {
         let (e, _) = Expr::compile(source)?;

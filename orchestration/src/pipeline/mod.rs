@@ -274,11 +274,19 @@ impl Pipeline {
                 synthetic.as_ref().map_or(1, |s| s.messages),
             ),
         };
-        let scan = run::PipelineScan {
+        let steps = self.compiled.steps.len();
+        let parts = if def.settings.fuse == Some(false) {
+            run::Part::unfused(steps)
+        } else {
+            vec![run::Part::fused(steps)]
+        };
+        let params_value = Value::Object(params.clone());
+        let scan = |part: run::Part| run::PipelineScan {
             compiled: self.compiled.clone(),
-            params: Value::Object(params.clone()),
+            part,
+            params: params_value.clone(),
             window,
-            day_of_prefix,
+            day_of_prefix: day_of_prefix.clone(),
         };
         let reduce = run::PipelineReduce {
             compiled: self.compiled.clone(),
@@ -289,42 +297,48 @@ impl Pipeline {
             component,
             step,
         };
+        let mut stages = vec![match synthetic {
+            Some(source) => stage(
+                Function::Source,
+                "source",
+                "synthetic-text",
+                Step::Source(Arc::new(source)),
+            ),
+            None => stage(
+                Function::Source,
+                "source",
+                "blob-lines",
+                Step::Source(Arc::new(BlobLines {
+                    by_reference: true,
+                    prefixes,
+                    optional_prefixes: optional,
+                    range_bytes,
+                    allow_empty,
+                })),
+            ),
+        }];
+        for part in parts {
+            let (name, component) = match part {
+                run::Part { lines: true, .. } => ("records".to_owned(), "pipeline-records"),
+                run::Part { emit: false, .. } => ("aggregate".to_owned(), "pipeline-aggregate"),
+                run::Part { from, .. } => (format!("step-{from}"), "pipeline-step"),
+            };
+            stages.push(stage(
+                Function::Transform,
+                &name,
+                component,
+                Step::Transform(Arc::new(scan(part))),
+            ));
+        }
+        stages.push(stage(
+            Function::Reduce,
+            "reduce",
+            "pipeline-reduce",
+            Step::Reduce(Arc::new(reduce)),
+        ));
         let flow = Flow {
             size,
-            stages: vec![
-                match synthetic {
-                    Some(source) => stage(
-                        Function::Source,
-                        "source",
-                        "synthetic-text",
-                        Step::Source(Arc::new(source)),
-                    ),
-                    None => stage(
-                        Function::Source,
-                        "source",
-                        "blob-lines",
-                        Step::Source(Arc::new(BlobLines {
-                            by_reference: true,
-                            prefixes,
-                            optional_prefixes: optional,
-                            range_bytes,
-                            allow_empty,
-                        })),
-                    ),
-                },
-                stage(
-                    Function::Transform,
-                    "records",
-                    "pipeline-records",
-                    Step::Transform(Arc::new(scan)),
-                ),
-                stage(
-                    Function::Reduce,
-                    "reduce",
-                    "pipeline-reduce",
-                    Step::Reduce(Arc::new(reduce)),
-                ),
-            ],
+            stages,
             keyed: None,
         };
         Ok(match self.keyed_spec(params) {
@@ -471,6 +485,15 @@ impl Pipeline {
                     },
                     def.settings.partition_bytes.unwrap_or(DEFAULT_RANGE_BYTES)
                 ),
+                "records" if def.settings.fuse == Some(false) => {
+                    format!(
+                        "the lines read into records{}; each record sent on as JSON",
+                        match self.compiled.steps.first() {
+                            Some(s) => format!(", then {}", s.describe()),
+                            None => String::new(),
+                        }
+                    )
+                }
                 "records" => {
                     let steps: Vec<String> =
                         self.compiled.steps.iter().map(|s| s.describe()).collect();
@@ -479,6 +502,16 @@ impl Pipeline {
                         steps.len(),
                         if steps.is_empty() { "none".into() } else { steps.join(" → ") }
                     )
+                }
+                "aggregate" => "the aggregates of the records sent (unfused)".into(),
+                name if name.starts_with("step-") => {
+                    let i: usize = name["step-".len()..].parse().unwrap_or(0);
+                    match self.compiled.steps.get(i) {
+                        Some(s) => {
+                            format!("{} (unfused: records in and out as JSON)", s.describe())
+                        }
+                        None => String::new(),
+                    }
                 }
                 "reduce" => {
                     "scalar aggregates folded exactly once per partition in the ledger".into()

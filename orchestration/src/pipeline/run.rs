@@ -33,6 +33,16 @@ const RESERVED: [&str; 3] = ["params", "line", "record_time"];
 const ENGINE_PREFIXES: [&str; 5] = ["results/", "shuffle/", "dead/", "payloads/", "claims/"];
 const KEEP_ALIVE: &str = "keep-alive";
 
+/// Whether fused stages may take the fast path ([`super::fast`]); off, every expression
+/// runs in `cel`. A switch for measuring (`sluice bench fire-tweets --unfused` times a
+/// fused run without it beside the unfused one), not a setting: both give the same result.
+static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fast path on or off for the stages that start after it, in this process.
+pub fn set_fast_path(on: bool) {
+    FAST_PATH.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 pub(crate) enum CStep {
     Filter(Expr),
@@ -925,6 +935,13 @@ enum Acc {
 /// One partition's scan: counters and accumulators.
 struct Scan<'p> {
     c: &'p Compiled,
+    part: Part,
+    /// All steps and aggregates in this stage, and the fast path on: it may run.
+    fused: bool,
+    /// An emitting stage's record so far: its names and values, outermost first.
+    vars: Vec<(String, Cel)>,
+    /// The records an emitting stage sends on.
+    sent: Vec<Value>,
     scanned: u64,
     outside_range: u64,
     malformed: u64,
@@ -956,9 +973,62 @@ struct Folder {
     late_needles: Option<Needles>,
 }
 
-/// The record steps and aggregates of a pipeline, as one transform stage.
+/// Which record steps a stage runs, on what, and what it sends on. A fused pipeline has
+/// one such stage, [`Part::fused`]; an unfused one (`settings.fuse = false`) a stage a step,
+/// each sending the next its records as JSON (see ARCHITECTURE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    /// Runs the steps `from..to`.
+    pub from: usize,
+    pub to: usize,
+    /// Reads the source's lines (else the records an earlier stage sent).
+    pub lines: bool,
+    /// Sends its records on (else aggregates them into the partial).
+    pub emit: bool,
+}
+
+impl Part {
+    /// All the steps and the aggregates in the stage that reads the lines.
+    pub(crate) fn fused(steps: usize) -> Part {
+        Part {
+            from: 0,
+            to: steps,
+            lines: true,
+            emit: false,
+        }
+    }
+
+    /// The stages of an unfused pipeline of `steps` steps: the lines read and the first
+    /// step run, each further step, then the aggregates.
+    pub(crate) fn unfused(steps: usize) -> Vec<Part> {
+        let first = steps.min(1);
+        let mut parts = vec![Part {
+            from: 0,
+            to: first,
+            lines: true,
+            emit: true,
+        }];
+        parts.extend((first..steps).map(|i| Part {
+            from: i,
+            to: i + 1,
+            lines: false,
+            emit: true,
+        }));
+        parts.push(Part {
+            from: steps,
+            to: steps,
+            lines: false,
+            emit: false,
+        });
+        parts
+    }
+}
+
+/// The record steps and aggregates of a pipeline, or a [`Part`] of them, as a transform
+/// stage.
 pub struct PipelineScan {
     pub(crate) compiled: Arc<Compiled>,
+    pub(crate) part: Part,
     pub(crate) params: Value,
     /// A date-partitioned source's range (inclusive).
     pub(crate) window: Option<(Day, Day)>,
@@ -1015,8 +1085,48 @@ impl PipelineScan {
     ) -> Result<Scan<'_>, ComponentError> {
         let c = &self.compiled;
         let root = expr::root_context(&self.params).map_err(ComponentError::Malformed)?;
+        let mut scan = self.start(payload);
+        let folder = self.folder(payload);
+        let mut slots: Fields<'_> = c.paths.as_ref().map(FieldPaths::slots).unwrap_or_default();
+        let mut values: Vec<V<'_>> = Vec::new();
+        for line in lines {
+            let line = &line[..line.len().min(MAX_LINE_BYTES)];
+            scan.line(line, &root, folder.as_ref(), &mut slots, &mut values);
+        }
+        Ok(scan)
+    }
+
+    /// An unfused stage after the first: the records the stage before sent, with its
+    /// counters.
+    fn scan_records(&self, payload: &Value) -> Result<Scan<'_>, ComponentError> {
+        let root = expr::root_context(&self.params).map_err(ComponentError::Malformed)?;
+        let mut scan = self.start(&Map::new());
+        let Some(Value::Array(records)) = payload.get("records") else {
+            return Err(ComponentError::Malformed(
+                "an unfused pipeline stage takes `records`".into(),
+            ));
+        };
+        if let Some(Value::Object(counts)) = payload.get("counts") {
+            scan.absorb(counts);
+        }
+        for r in records {
+            match r {
+                Value::Object(r) => scan.record(r, &root),
+                _ => scan.errors += 1,
+            }
+        }
+        Ok(scan)
+    }
+
+    fn start(&self, payload: &Map<String, Value>) -> Scan<'_> {
+        let c = &self.compiled;
         let mut scan = Scan {
             c,
+            part: self.part,
+            fused: self.part == Part::fused(c.steps.len())
+                && FAST_PATH.load(std::sync::atomic::Ordering::Relaxed),
+            vars: Vec::new(),
+            sent: Vec::new(),
             scanned: 0,
             outside_range: 0,
             malformed: 0,
@@ -1077,14 +1187,22 @@ impl PipelineScan {
                 scan.missing_days.insert(d.to_string(), 1);
             }
         }
-        let folder = self.folder(payload);
-        let mut slots: Fields<'_> = c.paths.as_ref().map(FieldPaths::slots).unwrap_or_default();
-        let mut values: Vec<V<'_>> = Vec::new();
-        for line in lines {
-            let line = &line[..line.len().min(MAX_LINE_BYTES)];
-            scan.line(line, &root, folder.as_ref(), &mut slots, &mut values);
+        scan
+    }
+
+    /// The stage's output: the records it sends on with its counters, or the partial
+    /// (by-key aggregates as JSON objects).
+    fn output(scan: Scan<'_>) -> Value {
+        if scan.part.emit {
+            return scan.sent();
         }
-        Ok(scan)
+        let (mut out, keyed) = scan.finish();
+        if let Some(o) = out.as_object_mut() {
+            for (name, map) in keyed {
+                o.insert(name, map.to_json());
+            }
+        }
+        out
     }
 }
 
@@ -1147,10 +1265,12 @@ impl Scan<'_> {
         match (&c.paths, c.format) {
             (_, Format::TextLines | Format::SyntheticText) => {
                 self.scanned += 1;
-                scope.add_variable_from_value(
-                    "line",
-                    Cel::String(Arc::new(String::from_utf8_lossy(line).into_owned())),
-                );
+                let v = Cel::String(Arc::new(String::from_utf8_lossy(line).into_owned()));
+                if self.part.emit {
+                    self.vars.clear();
+                    self.vars.push(("line".into(), v.clone()));
+                }
+                scope.add_variable_from_value("line", v);
             }
             (None, _) => return,
             (Some(paths), Format::JsonLines) => {
@@ -1198,15 +1318,20 @@ impl Scan<'_> {
                 } else {
                     self.scanned += 1;
                 }
-                if let Some(fast) = &c.fast {
+                if let Some(fast) = c.fast.as_ref().filter(|_| self.fused) {
                     self.record_secs = time_secs;
                     if self.fast_record(fast, slots, values, time_secs).is_ok() {
                         return;
                     }
                     self.unsure += 1;
                 }
+                self.vars.clear();
                 for r in &c.roots {
-                    scope.add_variable_from_value(r.name.clone(), root_value(r, slots));
+                    let v = root_value(r, slots);
+                    if self.part.emit {
+                        self.vars.push((r.name.clone(), v.clone()));
+                    }
+                    scope.add_variable_from_value(r.name.clone(), v);
                 }
                 if let Some(t) = time_secs.and_then(timestamp) {
                     scope.add_variable_from_value("record_time", Cel::Timestamp(t));
@@ -1215,9 +1340,76 @@ impl Scan<'_> {
         }
         self.fanout = 0;
         self.record_secs = time_secs;
-        if !self.steps(0, &scope) {
+        if !self.steps(self.part.from, &scope) {
             self.errors += 1;
         }
+    }
+
+    /// A record an earlier unfused stage sent: its names bound as they were.
+    fn record(&mut self, rec: &Map<String, Value>, root: &Context<'_, '_>) {
+        let mut scope = root.new_inner_scope();
+        self.vars.clear();
+        self.record_secs = None;
+        for (k, v) in rec {
+            if k == "record_time" {
+                self.record_secs = v.as_i64();
+                if let Some(t) = self.record_secs.and_then(timestamp) {
+                    scope.add_variable_from_value("record_time", Cel::Timestamp(t));
+                }
+                continue;
+            }
+            let v = expr::from_record_json(v);
+            if self.part.emit {
+                self.vars.push((k.clone(), v.clone()));
+            }
+            scope.add_variable_from_value(k.clone(), v);
+        }
+        self.fanout = 0;
+        if !self.steps(self.part.from, &scope) {
+            self.errors += 1;
+        }
+    }
+
+    /// Sends the record on: its names' values, and its time.
+    fn send(&mut self) -> bool {
+        let mut o = Map::with_capacity(self.vars.len() + 1);
+        for (k, v) in &self.vars {
+            match expr::to_record_json(v) {
+                Some(j) => o.insert(k.clone(), j),
+                None => return false,
+            };
+        }
+        if let Some(t) = self.record_secs {
+            o.insert("record_time".into(), json!(t));
+        }
+        self.sent.push(Value::Object(o));
+        true
+    }
+
+    /// Adds the counters an earlier unfused stage sent.
+    fn absorb(&mut self, counts: &Map<String, Value>) {
+        let records = &self.c.records;
+        let n = |k: &str| counts.get(k).and_then(Value::as_u64).unwrap_or(0);
+        self.scanned += n(&format!("{records}_scanned"));
+        self.outside_range += n(&format!("{records}_outside_range"));
+        self.malformed += n("malformed_lines");
+        self.errors += n("expression_errors");
+        for (key, map) in [
+            ("notices", &mut self.notices),
+            ("missing_days", &mut self.missing_days),
+        ] {
+            if let Some(Value::Object(m)) = counts.get(key) {
+                for (k, v) in m {
+                    *map.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+
+    /// An emitting stage's output: its records and its counters so far.
+    fn sent(self) -> Value {
+        let counts = self.counters();
+        json!({"records": self.sent, "counts": counts})
     }
 
     /// One record on the fast path: its updates applied when every step and aggregate was
@@ -1443,10 +1635,14 @@ impl Scan<'_> {
     /// records passed [`MAX_FANOUT`]).
     fn steps(&mut self, i: usize, ctx: &Context<'_, '_>) -> bool {
         let c = self.c;
-        let Some(step) = c.steps.get(i) else {
+        let step = c.steps.get(i).filter(|_| i < self.part.to);
+        let Some(step) = step else {
             self.fanout += 1;
             if self.fanout > MAX_FANOUT {
                 return false;
+            }
+            if self.part.emit {
+                return self.send();
             }
             return self.aggregate(ctx);
         };
@@ -1457,20 +1653,14 @@ impl Scan<'_> {
                 _ => false,
             },
             CStep::Compute(e, name) => match e.eval(ctx) {
-                Ok(v) => {
-                    let mut inner = ctx.new_inner_scope();
-                    inner.add_variable_from_value(name.clone(), v);
-                    self.steps(i + 1, &inner)
-                }
+                Ok(v) => self.bind(i, ctx, name, v),
                 Err(_) => false,
             },
             CStep::Explode(e, name) => match e.eval(ctx) {
                 Ok(Cel::List(items)) => {
                     let mut ok = true;
                     for item in items.iter() {
-                        let mut inner = ctx.new_inner_scope();
-                        inner.add_variable_from_value(name.clone(), item.clone());
-                        ok &= self.steps(i + 1, &inner);
+                        ok &= self.bind(i, ctx, name, item.clone());
                         if self.fanout > MAX_FANOUT {
                             return false;
                         }
@@ -1485,12 +1675,7 @@ impl Scan<'_> {
                     let lowered = text.to_lowercase();
                     let mut ok = true;
                     for w in expr::tokens(&lowered) {
-                        let mut inner = ctx.new_inner_scope();
-                        inner.add_variable_from_value(
-                            name.clone(),
-                            Cel::String(Arc::new(w.to_owned())),
-                        );
-                        ok &= self.steps(i + 1, &inner);
+                        ok &= self.bind(i, ctx, name, Cel::String(Arc::new(w.to_owned())));
                         if self.fanout > MAX_FANOUT {
                             return false;
                         }
@@ -1501,6 +1686,20 @@ impl Scan<'_> {
                 _ => false,
             },
         }
+    }
+
+    /// Runs the steps after `i` with `name` bound to `v`.
+    fn bind(&mut self, i: usize, ctx: &Context<'_, '_>, name: &str, v: Cel) -> bool {
+        let mut inner = ctx.new_inner_scope();
+        if self.part.emit {
+            self.vars.push((name.to_owned(), v.clone()));
+        }
+        inner.add_variable_from_value(name.to_owned(), v);
+        let ok = self.steps(i + 1, &inner);
+        if self.part.emit {
+            self.vars.pop();
+        }
+        ok
     }
 
     fn aggregate(&mut self, ctx: &Context<'_, '_>) -> bool {
@@ -1751,6 +1950,9 @@ fn text_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 impl Transform for PipelineScan {
     fn apply(&self, payload: Value) -> Result<Value, ComponentError> {
+        if !self.part.lines {
+            return self.scan_records(&payload).map(Self::output);
+        }
         let fields = payload.as_object().cloned().unwrap_or_default();
         let lines = crate::components::filter::lines(&payload)?;
         let mut bytes: Vec<&[u8]> = Vec::with_capacity(lines.len());
@@ -1761,13 +1963,7 @@ impl Transform for PipelineScan {
                     .as_bytes(),
             );
         }
-        let (mut out, keyed) = self.scan(&fields, bytes.into_iter())?.finish();
-        if let Some(o) = out.as_object_mut() {
-            for (name, map) in keyed {
-                o.insert(name, map.to_json());
-            }
-        }
-        Ok(out)
+        Ok(Self::output(self.scan(&fields, bytes.into_iter())?))
     }
 
     fn apply_text(
@@ -1775,15 +1971,10 @@ impl Transform for PipelineScan {
         text: &[u8],
         fields: &Map<String, Value>,
     ) -> Option<Result<Value, ComponentError>> {
-        Some(self.scan(fields, text_lines(text)).map(|s| {
-            let (mut out, keyed) = s.finish();
-            if let Some(o) = out.as_object_mut() {
-                for (name, map) in keyed {
-                    o.insert(name, map.to_json());
-                }
-            }
-            out
-        }))
+        if !self.part.lines {
+            return None;
+        }
+        Some(self.scan(fields, text_lines(text)).map(Self::output))
     }
 
     fn apply_text_keyed(
@@ -1792,7 +1983,7 @@ impl Transform for PipelineScan {
     ) -> Option<Result<(Value, KeyedFields), ComponentError>> {
         // The payload's other fields (the day's prefix) matter to a dated source: it takes
         // the `apply_text` path, which has them.
-        if self.window.is_some() {
+        if self.window.is_some() || self.part != Part::fused(self.compiled.steps.len()) {
             return None;
         }
         Some(self.scan(&Map::new(), text_lines(text)).map(Scan::finish))
@@ -1961,7 +2152,35 @@ mod tests {
         for (k, v) in acc.as_object().unwrap() {
             assert_eq!(&out[k], v, "{k}: one partial and two folded differ");
         }
+        assert_eq!(unfused(p, &params, &text), out, "unfused and fused differ");
         out
+    }
+
+    /// The partial of the same lines unfused: a stage a step, each given the records the
+    /// one before sent, as JSON text (as a queue carries them).
+    fn unfused(p: &Pipeline, params: &Map<String, Value>, text: &str) -> Value {
+        let mut def = p.def.clone();
+        def.settings.fuse = Some(false);
+        let p = Pipeline::compile(def).unwrap();
+        let flow = p.flow(params).unwrap();
+        let transforms: Vec<_> = flow
+            .stages
+            .iter()
+            .filter_map(|s| match &s.step {
+                crate::flow::Step::Transform(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(transforms.len(), p.def.steps.len().max(1) + 1);
+        let mut payload = transforms[0]
+            .apply_text(text.as_bytes(), &Map::new())
+            .unwrap()
+            .unwrap();
+        for t in &transforms[1..] {
+            let sent: Value = serde_json::from_str(&payload.to_string()).unwrap();
+            payload = t.apply(sent).unwrap();
+        }
+        payload
     }
 
     const USERS: &str = r#"
