@@ -1,5 +1,6 @@
 //! Criterion benchmarks for the engine's hot paths: the embedded queue round trip, the
-//! exactly-once ledger commit, the word-count transform and the stage envelope.
+//! exactly-once ledger commit, the word-count transform, the stage envelope, and
+//! fire-tweets' record stage built in and as a definition (the same lines, one thread).
 //!
 //! `cargo bench -p orchestration --bench hot_paths` (add `-- <filter>` for one group).
 //! Every store lives in a fresh tempdir; async calls run on a current-thread tokio runtime.
@@ -249,5 +250,77 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, queue, ledger, word_count, envelope);
+/// Fire-tweets' record stage on one partition of generated tweets (20,000 with their
+/// notices, ~30 MB): the built-in `tweet-match` against `pipelines/fire-tweets.toml`'s
+/// fused stage.
+fn fire_tweets(c: &mut Criterion) {
+    use orchestration::flow::{Registry, Step};
+    use orchestration::job::JobRequest;
+    use orchestration::tweets::{generate, GenOptions};
+
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = FileBlobs::open(dir.path()).expect("blobs");
+    let day: orchestration::tweets::Day = "2018-11-01".parse().expect("a day");
+    let options = GenOptions {
+        per_part: 20_000,
+        seed: 2018,
+        ..GenOptions::new(day, day, 20_000)
+    };
+    rt.block_on(generate(&blobs, &options)).expect("generated");
+    let text: Vec<u8> = rt.block_on(async {
+        use orchestration::ports::Blobs;
+        let keys = blobs.list("tweets/2018-11-01/").await.expect("listed");
+        let key = keys.first().expect("a part");
+        blobs.get(key).await.expect("read").expect("there")
+    });
+    let registry = Registry::default();
+    let params = json!({"country": "GB", "from": "2018-11-01", "to": "2018-11-01"});
+    let stage = |job_type: &str| -> std::sync::Arc<dyn Transform> {
+        let flow = registry
+            .flow(&JobRequest {
+                job_type: job_type.into(),
+                params: params.clone(),
+            })
+            .expect("a flow");
+        match &flow.stages[1].step {
+            Step::Transform(t) => t.clone(),
+            _ => panic!("the second stage is the records"),
+        }
+    };
+    let fields: serde_json::Map<String, Value> =
+        [("prefix".to_owned(), json!("tweets/2018-11-01/"))]
+            .into_iter()
+            .collect();
+    let built_in = stage("fire-tweets");
+    let definition = stage("fire-tweets-pipeline");
+    let mut group = c.benchmark_group("fire_tweets");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    group.bench_function("built_in", |b| {
+        b.iter(|| black_box(built_in.apply_text(&text, &fields)))
+    });
+    group.bench_function("definition", |b| {
+        b.iter(|| black_box(definition.apply_text(&text, &fields)))
+    });
+    group.finish();
+    // A partition's fixed cost: the first 64 KiB of lines.
+    let end = text[..64 * 1024]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let small = &text[..end];
+    let mut group = c.benchmark_group("fire_tweets_64k");
+    group.throughput(Throughput::Bytes(small.len() as u64));
+    group.bench_function("built_in", |b| {
+        b.iter(|| black_box(built_in.apply_text(small, &fields)))
+    });
+    group.bench_function("definition", |b| {
+        b.iter(|| black_box(definition.apply_text(small, &fields)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, queue, ledger, word_count, envelope, fire_tweets);
 criterion_main!(benches);

@@ -51,6 +51,10 @@ pub struct FireTweetsArgs {
     /// fused definition's. Implies --pipeline.
     #[arg(long)]
     pub unfused: bool,
+    /// Rounds, each running every side once in turn (DuckDB, the built-in job, the
+    /// definition...): the table gives each side's median, the title each round's ratios.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
 
 /// One side's run: times and answer.
@@ -407,8 +411,65 @@ pub async fn compare(args: &FireTweetsArgs) -> Result<Comparison> {
     })
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Each side's median wall and CPU time over the rounds (the answer is every round's).
+fn medians(rounds: &[Comparison]) -> Option<Comparison> {
+    let first = rounds.first()?;
+    let side = |get: &dyn Fn(&Comparison) -> Option<&Side>| -> Option<Side> {
+        let sides: Vec<&Side> = rounds.iter().filter_map(get).collect();
+        let s = sides.first()?;
+        Some(Side {
+            wall_s: median(sides.iter().map(|s| s.wall_s).collect()),
+            cpu_s: median(sides.iter().map(|s| s.cpu_s).collect()),
+            ..(*s).clone()
+        })
+    };
+    Some(Comparison {
+        bytes: first.bytes,
+        tweets: first.tweets,
+        cores: first.cores,
+        sluice: side(&|c| Some(&c.sluice))?,
+        duckdb: side(&|c| Some(&c.duckdb))?,
+        duckdb_version: first.duckdb_version.clone(),
+        pipeline: side(&|c| c.pipeline.as_ref()),
+        unfused: side(&|c| c.unfused.as_ref()),
+        cel_only: side(&|c| c.cel_only.as_ref()),
+    })
+}
+
 pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
-    let c = compare(args).await?;
+    let mut rounds = Vec::with_capacity(args.runs.max(1));
+    for round in 0..args.runs.max(1) {
+        let c = compare(args).await?;
+        if args.runs > 1 && !out.json {
+            let definition = c
+                .pipeline
+                .as_ref()
+                .map(|p| format!(", definition/built-in {:.2}", p.wall_s / c.sluice.wall_s))
+                .unwrap_or_default();
+            println!(
+                "  round {}: sluice/duckdb wall {:.2}{definition}",
+                round + 1,
+                c.sluice.wall_s / c.duckdb.wall_s
+            );
+        }
+        rounds.push(c);
+    }
+    let per_round: Vec<Value> = rounds.iter().map(Comparison::to_json).collect();
+    let ratios = |f: &dyn Fn(&Comparison) -> Option<f64>| -> Vec<f64> {
+        rounds.iter().filter_map(f).collect()
+    };
+    let duck_ratios = ratios(&|c| Some(c.sluice.wall_s / c.duckdb.wall_s));
+    let def_ratios = ratios(&|c| c.pipeline.as_ref().map(|p| p.wall_s / c.sluice.wall_s));
+    let c = medians(&rounds).context("no round ran")?;
     let row = |name: &str, s: &Side| {
         vec![
             name.to_owned(),
@@ -466,7 +527,40 @@ pub async fn run(args: &FireTweetsArgs, out: &Output) -> Result<i32> {
         ),
         _ => title,
     };
-    out.report(&title, &header, &rows, c.to_json());
+    let title = if rounds.len() > 1 {
+        let list = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let def = if def_ratios.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; definition/built-in per round {} (median {:.2})",
+                list(&def_ratios),
+                median(def_ratios.clone())
+            )
+        };
+        format!(
+            "{title}\n  medians of {} rounds; sluice/duckdb per round {} (median {:.2}){def}",
+            rounds.len(),
+            list(&duck_ratios),
+            median(duck_ratios.clone()),
+        )
+    } else {
+        title
+    };
+    let mut json = c.to_json();
+    if rounds.len() > 1 {
+        json["rounds"] = Value::Array(per_round);
+        json["ratio_median_of_rounds"] = json!(median(duck_ratios));
+        if !def_ratios.is_empty() {
+            json["pipeline_ratio_median_of_rounds"] = json!(median(def_ratios));
+        }
+    }
+    out.report(&title, &header, &rows, json);
     if !out.json {
         let top: Vec<String> = {
             let mut v: Vec<_> = c.sluice.cities.iter().collect();

@@ -48,10 +48,9 @@ impl<'a> V<'a> {
             Some(b'n') => Ok(V::Null),
             Some(b't') => Ok(V::Bool(true)),
             Some(b'f') => Ok(V::Bool(false)),
-            _ => {
-                let v: serde_json::Value = serde_json::from_slice(raw.0).map_err(|_| Unsure)?;
-                Ok(V::from_json(&v))
-            }
+            // Decoded straight into a value (strings without escapes borrowed), not through
+            // `serde_json::Value`: a tweet's hashtags are a list of objects.
+            _ => serde_json::from_slice(raw.0).map_err(|_| Unsure),
         }
     }
 
@@ -120,6 +119,66 @@ impl<'a> V<'a> {
             V::Str(s) => Ok(s),
             _ => Err(Unsure),
         }
+    }
+}
+
+/// JSON into a value as [`V::from_json`] makes it of a `serde_json::Value` (an object's
+/// keys sorted, the last of a repeated key kept), without building the `Value`.
+impl<'de> serde::Deserialize<'de> for V<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = V<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<V<'de>, E> {
+                Ok(V::Null)
+            }
+            fn visit_none<E>(self) -> Result<V<'de>, E> {
+                Ok(V::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<V<'de>, E> {
+                Ok(V::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<V<'de>, E> {
+                Ok(V::Int(i))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<V<'de>, E> {
+                Ok(i64::try_from(u).map_or(V::UInt(u), V::Int))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<V<'de>, E> {
+                Ok(V::Float(f))
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<V<'de>, E> {
+                Ok(V::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<V<'de>, E> {
+                Ok(V::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<V<'de>, E> {
+                Ok(V::Str(Cow::Owned(s)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<V<'de>, A::Error> {
+                let mut items = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(v) = a.next_element()? {
+                    items.push(v);
+                }
+                Ok(V::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<V<'de>, A::Error> {
+                let mut entries: Vec<(String, V<'de>)> = Vec::new();
+                while let Some((k, v)) = a.next_entry::<Cow<'de, str>, V<'de>>()? {
+                    entries.push((k.into_owned(), v));
+                }
+                // As a `serde_json::Map`: sorted by key, a repeated key's last value.
+                entries.reverse();
+                entries.sort_by(|x, y| x.0.cmp(&y.0));
+                entries.dedup_by(|x, y| x.0 == y.0);
+                Ok(V::Map(entries))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -326,12 +385,38 @@ pub fn compile(e: &IdedExpr, names: &dyn Names) -> Option<F> {
     })
 }
 
-/// What an evaluation reads: the slots' values and the params.
+/// What an evaluation reads: the record's captured fields (slots `0..fields.len()`, read
+/// from the line where they are, never copied), the values the record's steps bound (the
+/// slots after them), and the params.
 pub struct Env<'e, 'a> {
+    pub fields: &'e [Option<Raw<'a>>],
     pub slots: &'e [V<'a>],
     pub params: &'e [V<'static>],
     /// Parameters that are keyword lists, compiled (for `mentions(text, params.x, ...)`).
     pub keywords: &'e [Option<KeywordSet>],
+}
+
+/// A slot's content: a captured field as the line has it (or absent), or a bound value.
+enum Slot<'e, 'a> {
+    Raw(Raw<'a>),
+    Absent,
+    Value(&'e V<'a>),
+}
+
+static NULL: V<'static> = V::Null;
+
+impl<'e, 'a> Env<'e, 'a> {
+    fn slot(&self, i: usize) -> Result<Slot<'e, 'a>, Unsure> {
+        match self.fields.get(i) {
+            Some(Some(raw)) => Ok(Slot::Raw(*raw)),
+            Some(None) => Ok(Slot::Absent),
+            None => match self.slots.get(i - self.fields.len()) {
+                Some(V::Raw(raw)) => Ok(Slot::Raw(*raw)),
+                Some(v) => Ok(Slot::Value(v)),
+                None => Err(Unsure),
+            },
+        }
+    }
 }
 
 /// A keyword list and its prefilter: a text none of whose words' needles occur cannot
@@ -364,6 +449,22 @@ impl KeywordSet {
         }
         self.keywords.matches(text, tags)
     }
+
+    /// [`KeywordSet::matches`] with the hashtags as the line has them (a JSON list): they
+    /// are decoded only when the prefilter finds a needle in the text or in their JSON.
+    fn matches_raw_tags(&self, text: &str, tags: Raw<'_>) -> Result<bool, Unsure> {
+        if let Some(p) = &self.prefilter {
+            let hit = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                p.may_match(text.as_bytes(), &mut scratch) || p.may_match(tags.0, &mut scratch)
+            });
+            if !hit {
+                return Ok(false);
+            }
+        }
+        let tags = V::from_raw(tags)?;
+        Ok(self.keywords.matches(text, &text_items(&tags)?))
+    }
 }
 
 thread_local! {
@@ -393,9 +494,10 @@ impl F {
         Ok(match self {
             F::Lit(v) => Operand::Static(v),
             F::Param(i) => Operand::Static(env.params.get(*i).ok_or(Unsure)?),
-            F::Slot(i) => match env.slots.get(*i).ok_or(Unsure)? {
-                V::Raw(raw) => Operand::Own(V::from_raw(*raw)?),
-                v => Operand::Slot(v),
+            F::Slot(i) => match env.slot(*i)? {
+                Slot::Raw(raw) => Operand::Own(V::from_raw(raw)?),
+                Slot::Absent => Operand::Static(&NULL),
+                Slot::Value(v) => Operand::Slot(v),
             },
             _ => Operand::Own(self.eval(env)?),
         })
@@ -405,16 +507,16 @@ impl F {
     pub fn truth(&self, env: &Env<'_, '_>) -> Result<Option<bool>, Unsure> {
         Ok(match self {
             F::Lit(V::Bool(b)) => Some(*b),
-            F::Slot(i) => match env.slots.get(*i).ok_or(Unsure)? {
-                V::Bool(b) => Some(*b),
-                V::Null => None,
-                V::Raw(raw) => match raw.0 {
+            F::Slot(i) => match env.slot(*i)? {
+                Slot::Value(V::Bool(b)) => Some(*b),
+                Slot::Value(V::Null) | Slot::Absent => None,
+                Slot::Raw(raw) => match raw.0 {
                     b"true" => Some(true),
                     b"false" => Some(false),
                     b"null" => None,
                     _ => return Err(Unsure),
                 },
-                _ => return Err(Unsure),
+                Slot::Value(_) => return Err(Unsure),
             },
             F::Not(x) => Some(!x.truth(env)?.ok_or(Unsure)?),
             F::And(x, y) => {
@@ -462,8 +564,8 @@ impl F {
     /// The kind of a value, reading a slot's raw JSON only as far as its first byte.
     fn kind_of<'a>(&self, env: &Env<'_, 'a>) -> Result<Kind, Unsure> {
         if let F::Slot(i) = self {
-            match env.slots.get(*i) {
-                Some(V::Raw(raw)) => match raw.0.first() {
+            match env.slot(*i)? {
+                Slot::Raw(raw) => match raw.0.first() {
                     Some(b'"') => return Ok(Kind::String),
                     Some(b'n') => return Ok(Kind::Null),
                     Some(b't' | b'f') => return Ok(Kind::Bool),
@@ -471,8 +573,8 @@ impl F {
                     Some(b'{') => return Ok(Kind::Map),
                     _ => {}
                 },
-                Some(v) => return Ok(v.kind()),
-                None => return Err(Unsure),
+                Slot::Absent => return Ok(Kind::Null),
+                Slot::Value(v) => return Ok(v.kind()),
             }
         }
         Ok(self.eval(env)?.kind())
@@ -540,9 +642,10 @@ impl F {
     pub fn eval<'a>(&self, env: &Env<'_, 'a>) -> Result<V<'a>, Unsure> {
         Ok(match self {
             F::Lit(v) => v.clone(),
-            F::Slot(i) => match env.slots.get(*i).ok_or(Unsure)? {
-                V::Raw(raw) => V::from_raw(*raw)?,
-                v => v.clone(),
+            F::Slot(i) => match env.slot(*i)? {
+                Slot::Raw(raw) => V::from_raw(raw)?,
+                Slot::Absent => V::Null,
+                Slot::Value(v) => v.clone(),
             },
             F::Param(i) => env.params.get(*i).cloned().ok_or(Unsure)?,
             F::Select(x, field) => match x.eval(env)? {
@@ -602,16 +705,27 @@ impl F {
 fn call<'a>(func: Func, args: &[F], env: &Env<'_, 'a>) -> Result<V<'a>, Unsure> {
     // CEL evaluates every argument of a function (an error in any is the call's): so does
     // this, before looking at any (a parameter cannot fail, and is left for `mentions`).
+    // `mentions`' hashtags as a field's JSON list are read, not decoded, here (a read
+    // never fails): see `KeywordSet::matches_raw_tags`.
+    let mut raw_tags = None;
     let mut values: Vec<Option<V<'a>>> = Vec::with_capacity(args.len());
-    for a in args {
+    for (i, a) in args.iter().enumerate() {
         values.push(match a {
             F::Param(_) => None,
+            F::Slot(s) if matches!(func, Func::Mentions) && i == 2 => match env.slot(*s)? {
+                Slot::Raw(raw) if raw.0.first() == Some(&b'[') => {
+                    raw_tags = Some(raw);
+                    Some(V::Null)
+                }
+                _ => Some(a.eval(env)?),
+            },
             _ => Some(a.eval(env)?),
         });
     }
-    let arg = |i: usize| -> Result<V<'a>, Unsure> {
-        match values.get(i) {
-            Some(Some(v)) => Ok(v.clone()),
+    // Each argument is taken once, moved out (a list of hashtags is not copied).
+    let mut arg = |i: usize| -> Result<V<'a>, Unsure> {
+        match values.get_mut(i) {
+            Some(Some(v)) => Ok(std::mem::replace(v, V::Null)),
             Some(None) => args.get(i).ok_or(Unsure)?.eval(env),
             None => Err(Unsure),
         }
@@ -675,9 +789,15 @@ fn call<'a>(func: Func, args: &[F], env: &Env<'_, 'a>) -> Result<V<'a>, Unsure> 
                 V::Null => return Ok(V::Bool(false)),
                 _ => return Err(Unsure),
             };
-            let tags = match args.len() {
-                2 => V::Null,
-                3 => arg(2)?,
+            if let (Some(raw), Some(F::Param(i))) = (raw_tags, args.get(1)) {
+                if let Some(Some(set)) = env.keywords.get(*i) {
+                    return Ok(V::Bool(set.matches_raw_tags(text, raw)?));
+                }
+            }
+            let tags = match (args.len(), raw_tags) {
+                (2, _) => V::Null,
+                (3, Some(raw)) => V::from_raw(raw)?,
+                (3, None) => arg(2)?,
                 _ => return Err(Unsure),
             };
             let tags = text_items(&tags)?;
@@ -709,6 +829,27 @@ mod tests {
     use crate::pipeline::expr::{root_context, to_cel, Expr};
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn raw_json_decodes_as_through_serde_json_value() {
+        for text in [
+            r#"[{"text": "Fire", "indices": [0, 5]}, {"text": "\u00e9t\u00e9"}]"#,
+            r#"{"b": 1, "a": [true, null, -2, 18446744073709551615, 1.5, 1e3], "b": "last"}"#,
+            r#"[[], {}, "", "a\"b"]"#,
+            "9223372036854775807",
+            "9223372036854775808",
+            "-0.0",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            let direct: V<'_> = serde_json::from_str(text).unwrap();
+            assert_eq!(direct, V::from_json(&value), "{text}");
+            assert_eq!(
+                V::from_raw(Raw(text.as_bytes())),
+                Ok(V::from_json(&value)),
+                "{text}"
+            );
+        }
+    }
 
     struct TestNames;
 
@@ -807,7 +948,7 @@ mod tests {
                 })
                 .collect();
             let params = vec![V::Str(Cow::Owned(p.clone()))];
-            let env = Env { slots: &slots, params: &params, keywords: &[] };
+            let env = Env { fields: &[], slots: &slots, params: &params, keywords: &[] };
             let fast = f.eval(&env);
             let root = root_context(&json!({"p": p})).unwrap();
             let mut scope = root.new_inner_scope();

@@ -1421,18 +1421,16 @@ impl Scan<'_> {
         slots: &mut Vec<V<'a>>,
         time: Option<i64>,
     ) -> Result<(), Unsure> {
-        slots.clear();
-        slots.extend(fields.iter().map(|f| match f {
-            Some(raw) => V::Raw(*raw),
-            None => V::Null,
-        }));
-        slots.resize(fast.slots, V::Null);
-        if let Some(t) = time {
-            slots[fast.time_slot] = V::Ts(t);
+        // `slots` are the time and the bound names (the fields are read where they are):
+        // a bound slot is always set before it is read, so the last record's stays.
+        let bound = fast.slots - fast.time_slot;
+        if slots.len() != bound {
+            slots.resize(bound, V::Null);
         }
+        slots[0] = time.map_or(V::Null, V::Ts);
         self.updates.clear();
         self.fanout = 0;
-        let outcome = self.fast_steps(fast, 0, slots);
+        let outcome = self.fast_steps(fast, 0, fields, slots);
         if outcome.is_ok() {
             let updates = std::mem::take(&mut self.updates);
             for u in &updates {
@@ -1449,11 +1447,12 @@ impl Scan<'_> {
         &mut self,
         fast: &Fast,
         i: usize,
+        fields: &Fields<'a>,
         slots: &mut Vec<V<'a>>,
     ) -> Result<(), Unsure> {
         let params = std::mem::take(&mut self.fast_params);
         let keywords = std::mem::take(&mut self.fast_keywords);
-        let r = self.fast_steps_with(fast, i, slots, &params, &keywords);
+        let r = self.fast_steps_with(fast, i, fields, slots, &params, &keywords);
         self.fast_params = params;
         self.fast_keywords = keywords;
         r
@@ -1463,6 +1462,7 @@ impl Scan<'_> {
         &mut self,
         fast: &Fast,
         i: usize,
+        fields: &Fields<'a>,
         slots: &mut Vec<V<'a>>,
         params: &[V<'static>],
         keywords: &[Option<super::fast::KeywordSet>],
@@ -1472,28 +1472,30 @@ impl Scan<'_> {
             if self.fanout > MAX_FANOUT {
                 return Err(Unsure);
             }
-            return self.fast_aggregate(fast, slots, params, keywords);
+            return self.fast_aggregate(fast, fields, slots, params, keywords);
         };
         let env = Env {
+            fields,
             slots,
             params,
             keywords,
         };
+        let base = fast.time_slot;
         match step {
             FStep::Filter(f) => match f.truth(&env)? {
-                Some(true) => self.fast_steps_with(fast, i + 1, slots, params, keywords),
+                Some(true) => self.fast_steps_with(fast, i + 1, fields, slots, params, keywords),
                 _ => Ok(()),
             },
             FStep::Compute(f, slot) => {
                 let v = f.eval(&env)?;
-                slots[*slot] = v;
-                self.fast_steps_with(fast, i + 1, slots, params, keywords)
+                slots[*slot - base] = v;
+                self.fast_steps_with(fast, i + 1, fields, slots, params, keywords)
             }
             FStep::Explode(f, slot) => match f.eval(&env)? {
                 V::List(items) => {
                     for item in items {
-                        slots[*slot] = item;
-                        self.fast_steps_with(fast, i + 1, slots, params, keywords)?;
+                        slots[*slot - base] = item;
+                        self.fast_steps_with(fast, i + 1, fields, slots, params, keywords)?;
                     }
                     Ok(())
                 }
@@ -1504,8 +1506,8 @@ impl Scan<'_> {
                 V::Str(text) => {
                     let lowered = text.to_lowercase();
                     for w in expr::tokens(&lowered) {
-                        slots[*slot] = V::Str(std::borrow::Cow::Owned(w.to_owned()));
-                        self.fast_steps_with(fast, i + 1, slots, params, keywords)?;
+                        slots[*slot - base] = V::Str(std::borrow::Cow::Owned(w.to_owned()));
+                        self.fast_steps_with(fast, i + 1, fields, slots, params, keywords)?;
                     }
                     Ok(())
                 }
@@ -1518,11 +1520,13 @@ impl Scan<'_> {
     fn fast_aggregate<'a>(
         &mut self,
         fast: &Fast,
+        fields: &Fields<'a>,
         slots: &[V<'a>],
         params: &[V<'static>],
         keywords: &[Option<super::fast::KeywordSet>],
     ) -> Result<(), Unsure> {
         let env = Env {
+            fields,
             slots,
             params,
             keywords,
@@ -1548,7 +1552,7 @@ impl Scan<'_> {
                 AggregateOp::Histogram => {
                     let t = match &fa.time {
                         Some(f) => f.eval(&env)?,
-                        None => slots.get(fast.time_slot).cloned().ok_or(Unsure)?,
+                        None => slots.first().cloned().ok_or(Unsure)?,
                     };
                     let V::Ts(t) = t else { return Err(Unsure) };
                     Update::Key(i, bucket_key(t, a.bucket).ok_or(Unsure)?)
@@ -2264,6 +2268,45 @@ k = 1
         assert_eq!(e.path, "source.prefix");
         let many = format!("{}{}", USERS, "[[steps]]\nfilter = \"true\"\n".repeat(100));
         assert_eq!(Pipeline::from_toml(&many).unwrap_err().path, "steps");
+    }
+
+    #[test]
+    fn mentions_reads_hashtags_only_when_they_may_match() {
+        let p = pipeline(
+            r##"
+name = "fires"
+[params.keywords]
+type = "strings"
+default = ["fire", "fire truck", "#blaze"]
+[source]
+format = "json-lines"
+prefix = "t/"
+[reduce.matching]
+op = "count"
+where = "mentions(text, params.keywords, entities.hashtags)"
+[reduce.ids]
+op = "count-by"
+key = "id"
+where = "mentions(text, params.keywords, entities.hashtags)"
+"##,
+        );
+        let out = run(
+            &p,
+            json!({}),
+            &[
+                r#"{"id": 1, "text": "a FIRE here", "entities": {"hashtags": []}}"#,
+                r#"{"id": 2, "text": "nothing", "entities": {"hashtags": [{"text": "Blaze", "indices": [0, 6]}]}}"#,
+                r#"{"id": 3, "text": "nothing", "entities": {"hashtags": [{"text": "Blaze"}]}}"#,
+                r#"{"id": 4, "text": "nothing", "entities": {"hashtags": [{"text": "ice"}, "blaze"]}}"#,
+                r#"{"id": 5, "text": "nothing", "entities": {"hashtags": [{"text": "blazes"}]}}"#,
+                r#"{"id": 6, "text": "fire truck", "entities": {"hashtags": null}}"#,
+                r#"{"id": 7, "text": "truck", "entities": {}}"#,
+                r#"{"id": 8, "text": "nothing", "entities": {"hashtags": [{"text": 3}]}}"#,
+            ],
+        );
+        assert_eq!(out["matching"], json!(5), "{out}");
+        assert_eq!(out["ids"], json!({"1": 1, "2": 1, "3": 1, "4": 1, "6": 1}));
+        assert_eq!(out["expression_errors"], json!(0));
     }
 
     #[test]
