@@ -768,8 +768,40 @@ pub struct AdHocPipeline;
 
 pub const AD_HOC: &str = "pipeline";
 
+/// Ad-hoc definitions compiled lately, by their JSON text: a job's definition is asked for
+/// its flow on every daemon tick and by every invocation that starts its context, and
+/// compiling runs each expression's parser on a thread of its own.
+static AD_HOC_COMPILED: std::sync::LazyLock<std::sync::Mutex<AdHocCache>> =
+    std::sync::LazyLock::new(Default::default);
+type AdHocCache = std::collections::HashMap<String, Arc<Pipeline>>;
+/// At most this many are kept (each at most `MAX_DEFINITION_BYTES` of text).
+const AD_HOC_CACHED: usize = 32;
+
 impl AdHocPipeline {
-    fn split(params: &Value) -> Result<(Pipeline, Map<String, Value>), ValidationError> {
+    /// The definition compiled, from the cache when it was lately.
+    fn compiled(definition: &Value) -> Result<Arc<Pipeline>, ValidationError> {
+        let text = definition.to_string();
+        // A poisoned cache is only a cache: it is used as it is.
+        let cache = || {
+            AD_HOC_COMPILED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(p) = cache().get(&text).cloned() {
+            return Ok(p);
+        }
+        let pipeline = Arc::new(
+            Pipeline::from_json(definition).map_err(|e| e.to_validation("params.definition"))?,
+        );
+        let mut map = cache();
+        if map.len() >= AD_HOC_CACHED {
+            map.clear();
+        }
+        map.insert(text, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn split(params: &Value) -> Result<(Arc<Pipeline>, Map<String, Value>), ValidationError> {
         let mut given = params
             .as_object()
             .cloned()
@@ -777,8 +809,7 @@ impl AdHocPipeline {
         let definition = given.remove("definition").ok_or_else(|| {
             ValidationError::new("params.definition", "is required: the pipeline to run")
         })?;
-        let pipeline =
-            Pipeline::from_json(&definition).map_err(|e| e.to_validation("params.definition"))?;
+        let pipeline = Self::compiled(&definition)?;
         let params = pipeline.read_params(&Value::Object(given))?;
         Ok((pipeline, params))
     }
@@ -1043,6 +1074,29 @@ mod tests {
                 "{} is not registered",
                 t.name()
             );
+        }
+    }
+
+    #[test]
+    fn an_ad_hoc_definition_is_compiled_once() {
+        let def = |filter: &str| {
+            serde_json::json!({
+                "name": "cached",
+                "source": {"format": "json-lines", "prefix": "in/"},
+                "steps": [{"filter": filter}],
+                "reduce": {"n": {"op": "count"}},
+            })
+        };
+        let a = AdHocPipeline::compiled(&def("x == 1")).unwrap();
+        let b = AdHocPipeline::compiled(&def("x == 1")).unwrap();
+        let c = AdHocPipeline::compiled(&def("x == 2")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.def.steps[0].filter.as_deref(), Some("x == 2"));
+        // A definition that does not compile is refused every time, and never cached.
+        for _ in 0..2 {
+            let e = AdHocPipeline::compiled(&def("x ==")).unwrap_err();
+            assert_eq!(e.field, "params.definition.steps[0].filter", "{e:?}");
         }
     }
 
