@@ -37,7 +37,7 @@ use super::blob_lines::MAX_LINE_BYTES;
 use super::filter::lines;
 use super::{ComponentError, Transform};
 use crate::jsonl::Fields;
-use crate::tweets::calendar::twitter_timestamp;
+use crate::tweets::calendar::{twitter_timestamp, FolderWindow};
 use crate::tweets::matching::Needles;
 use crate::tweets::{self, Day, Keywords, Line, Prefilter, TweetReader};
 
@@ -118,36 +118,20 @@ pub(crate) fn late_needles(day: Day) -> Vec<String> {
 
 impl TweetMatch {
     fn folder(&self, payload: &Map<String, Value>) -> Folder {
-        let (a, b) = (self.from, self.to);
-        let whole = (a.start_secs(), b.plus(1).start_secs());
-        let folder = payload
+        let day = payload
             .get("prefix")
             .and_then(Value::as_str)
             .and_then(|p| self.day_of_prefix.get(p))
-            .filter(|f| (a..=b.plus(1)).contains(*f));
-        let Some(&f) = folder else {
-            return Folder {
-                window: whole,
-                filed_for: None,
-                late_only: None,
-            };
-        };
-        // Created on F or F-1, within the range.
-        let window = (
-            f.plus(-1).max(a).start_secs(),
-            f.min(b).plus(1).start_secs(),
-        );
-        if f > b {
-            return Folder {
-                window,
-                filed_for: None,
-                late_only: Needles::new(&late_needles(b)),
-            };
-        }
+            .copied();
+        let w = FolderWindow::new(self.from, self.to, day);
         Folder {
-            window,
-            filed_for: Some((f.plus(-1).start_secs(), f.plus(1).start_secs())),
-            late_only: None,
+            window: w.window,
+            filed_for: w.filed_for,
+            late_only: if w.late_only {
+                Needles::new(&late_needles(self.to))
+            } else {
+                None
+            },
         }
     }
 

@@ -21,6 +21,7 @@ use crate::components::blob_lines::MAX_LINE_BYTES;
 use crate::components::{ComponentError, Reduce, Transform};
 use crate::jsonl::{FieldPaths, Fields, Raw};
 use crate::keyed::{Cell, KeyedFields, KeyedMap, Op, GROUP_SEPARATOR};
+use crate::tweets::calendar::FolderWindow;
 use crate::tweets::matching::Needles;
 use crate::tweets::Day;
 
@@ -1037,44 +1038,23 @@ pub struct PipelineScan {
 
 impl PipelineScan {
     fn folder(&self, payload: &Map<String, Value>) -> Option<Folder> {
-        let (a, b) = self.window?;
-        self.compiled.time?;
-        let whole = (a.start_secs(), b.plus(1).start_secs());
-        let f = payload
+        let (from, to) = self.window?;
+        let (_, format) = self.compiled.time?;
+        let day = payload
             .get("prefix")
             .and_then(Value::as_str)
             .and_then(|p| self.day_of_prefix.get(p))
-            .filter(|f| (a..=b.plus(1)).contains(*f));
-        let Some(&f) = f else {
-            return Some(Folder {
-                window: whole,
-                filed_for: None,
-                late_only: false,
-                late_needles: None,
-            });
-        };
-        let window = (
-            f.plus(-1).max(a).start_secs(),
-            f.min(b).plus(1).start_secs(),
-        );
-        if f > b {
-            let twitter = matches!(self.compiled.time, Some((_, TimeFormat::Twitter)));
-            return Some(Folder {
-                window,
-                filed_for: None,
-                late_only: true,
-                late_needles: if twitter {
-                    Needles::new(&crate::components::tweet_match::late_needles(b))
-                } else {
-                    None
-                },
-            });
-        }
+            .copied();
+        let w = FolderWindow::new(from, to, day);
         Some(Folder {
-            window,
-            filed_for: Some((f.plus(-1).start_secs(), f.plus(1).start_secs())),
-            late_only: false,
-            late_needles: None,
+            window: w.window,
+            filed_for: w.filed_for,
+            late_only: w.late_only,
+            late_needles: if w.late_only && matches!(format, TimeFormat::Twitter) {
+                Needles::new(&crate::components::tweet_match::late_needles(to))
+            } else {
+                None
+            },
         })
     }
 

@@ -198,9 +198,75 @@ pub fn parse_twitter_timestamp(s: &str) -> Option<i64> {
     Some(date.start_secs() + hh * 3600 + mm * 60 + ss - sign * (oh * 3600 + om * 60))
 }
 
+/// Which records of one folder count, when a range of days is read folder by folder: the
+/// folder of day F (`{prefix}F/`) holds the records created on F and, filed late, some of
+/// the day before's (fire-tweets' layout, and any date-partitioned pipeline source's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FolderWindow {
+    /// Unix seconds `[lo, hi)` a record here must be created in to count.
+    pub window: (i64, i64),
+    /// Unix seconds of the days a record here may be filed for (its own and the one
+    /// before): one created outside them is misfiled. `None` when the folder is not known.
+    pub filed_for: Option<(i64, i64)>,
+    /// The folder after the range: only its late records (created on the range's last
+    /// day) are read, and nothing else about it is counted (it is that day's).
+    pub late_only: bool,
+}
+
+impl FolderWindow {
+    /// The window of the folder of day `folder` when reading `from..=to` (`None`, or a day
+    /// that is not one of the range's folders: the whole range, nothing misfiled).
+    pub fn new(from: Day, to: Day, folder: Option<Day>) -> FolderWindow {
+        let Some(f) = folder.filter(|f| (from..=to.plus(1)).contains(f)) else {
+            return FolderWindow {
+                window: (from.start_secs(), to.plus(1).start_secs()),
+                filed_for: None,
+                late_only: false,
+            };
+        };
+        // Created on F or F-1, within the range.
+        let window = (
+            f.plus(-1).max(from).start_secs(),
+            f.min(to).plus(1).start_secs(),
+        );
+        FolderWindow {
+            window,
+            filed_for: (f <= to).then(|| (f.plus(-1).start_secs(), f.plus(1).start_secs())),
+            late_only: f > to,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_counts_its_day_and_the_late_records_of_the_day_before() {
+        let d = |s: &str| s.parse::<Day>().unwrap();
+        let (from, to) = (d("2018-11-01"), d("2018-11-03"));
+        let secs = |s: &str| d(s).start_secs();
+        let first = FolderWindow::new(from, to, Some(from));
+        assert_eq!(first.window, (secs("2018-11-01"), secs("2018-11-02")));
+        assert_eq!(
+            first.filed_for,
+            Some((secs("2018-10-31"), secs("2018-11-02")))
+        );
+        assert!(!first.late_only);
+        let second = FolderWindow::new(from, to, Some(d("2018-11-02")));
+        assert_eq!(second.window, (secs("2018-11-01"), secs("2018-11-03")));
+        let after = FolderWindow::new(from, to, Some(d("2018-11-04")));
+        assert_eq!(after.window, (secs("2018-11-03"), secs("2018-11-04")));
+        assert_eq!((after.filed_for, after.late_only), (None, true));
+        let whole = FolderWindow {
+            window: (secs("2018-11-01"), secs("2018-11-04")),
+            filed_for: None,
+            late_only: false,
+        };
+        assert_eq!(FolderWindow::new(from, to, None), whole);
+        assert_eq!(FolderWindow::new(from, to, Some(d("2018-11-05"))), whole);
+        assert_eq!(FolderWindow::new(from, to, Some(d("2018-10-31"))), whole);
+    }
 
     #[test]
     fn days_round_trip_through_the_calendar() {
