@@ -266,8 +266,8 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_keys: Option<u64>,
     /// Runs the record steps fused in one stage (`true`, the default), or each in a stage
-    /// of its own with a queue between (`false`: each record sent on as JSON; slower, see
-    /// ARCHITECTURE.md, kept to measure the two).
+    /// of its own with a queue between (`false`: at most 8 steps, each record sent on as
+    /// JSON; slower, see ARCHITECTURE.md, kept to measure the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuse: Option<bool>,
 }

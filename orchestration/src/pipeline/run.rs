@@ -25,6 +25,8 @@ use crate::tweets::calendar::FolderWindow;
 use crate::tweets::matching::Needles;
 use crate::tweets::Day;
 
+/// Steps of an unfused pipeline (`settings.fuse = false`), each a stage of its own.
+pub const MAX_UNFUSED_STEPS: usize = 8;
 /// Records one input line may become through `explode` and `tokenize`: past it the line
 /// counts in `expression_errors`, so steps cannot multiply a line's cost without bound.
 pub const MAX_FANOUT: u64 = 100_000;
@@ -728,6 +730,17 @@ impl Compiled {
             if !(0.0..=1.0).contains(&c) {
                 return Err(err("settings.min_coverage", "must be 0 to 1"));
             }
+        }
+        // Unfused, each step is a stage: a queue, an event-source mapping and its least
+        // reserved concurrency, for every run.
+        if def.settings.fuse == Some(false) && def.steps.len() > MAX_UNFUSED_STEPS {
+            return Err(err(
+                "settings.fuse",
+                format!(
+                    "an unfused pipeline runs a stage a step: at most {MAX_UNFUSED_STEPS} steps, got {}",
+                    def.steps.len()
+                ),
+            ));
         }
 
         // The JSON fields the records need: one captured value per path, none inside another.
@@ -2248,6 +2261,14 @@ k = 1
         assert_eq!(e.path, "source.prefix");
         let many = format!("{}{}", USERS, "[[steps]]\nfilter = \"true\"\n".repeat(100));
         assert_eq!(Pipeline::from_toml(&many).unwrap_err().path, "steps");
+        let unfused = format!(
+            "{}{}[settings]\nfuse = false\n",
+            USERS,
+            "[[steps]]\nfilter = \"true\"\n".repeat(MAX_UNFUSED_STEPS)
+        );
+        let e = Pipeline::from_toml(&unfused).unwrap_err();
+        assert_eq!(e.path, "settings.fuse", "{e}");
+        assert!(Pipeline::from_toml(&unfused.replace("fuse = false", "fuse = true")).is_ok());
     }
 
     #[test]
