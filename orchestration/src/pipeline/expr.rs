@@ -604,64 +604,63 @@ pub fn from_record_json(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
     match v {
         J::Array(a) => Value::List(Arc::new(a.iter().map(from_record_json).collect())),
-        J::Object(o) if o.len() == 1 => {
-            let Some((k, x)) = o.iter().next() else {
-                return Value::Null;
-            };
-            let mut tag = k.chars();
-            if tag.next() != Some(TAG) {
-                return Value::Map(cel::objects::Map {
-                    map: Arc::new(
-                        [(cel::objects::Key::from(k.as_str()), from_record_json(x))]
-                            .into_iter()
-                            .collect(),
-                    ),
-                });
-            }
-            match (tag.next(), x) {
-                (Some('u'), J::Number(n)) => n.as_u64().map_or(Value::Null, Value::UInt),
-                (Some('f'), J::String(s)) => s.parse().map_or(Value::Null, Value::Float),
-                (Some('b'), J::Array(b)) => Value::Bytes(Arc::new(
-                    b.iter()
-                        .filter_map(|x| x.as_u64().map(|x| x as u8))
-                        .collect(),
-                )),
-                (Some('d'), J::Number(n)) => n.as_i64().map_or(Value::Null, |n| {
-                    Value::Duration(chrono::Duration::nanoseconds(n))
-                }),
-                (Some('t'), J::String(s)) => {
-                    chrono::DateTime::parse_from_rfc3339(s).map_or(Value::Null, Value::Timestamp)
-                }
-                (Some('m'), J::Array(pairs)) => {
-                    let mut map = HashMap::with_capacity(pairs.len());
-                    for p in pairs {
-                        let J::Array(kv) = p else { continue };
-                        let (Some(k), Some(v)) = (kv.first(), kv.get(1)) else {
-                            continue;
-                        };
-                        let key = match from_record_json(k) {
-                            Value::Int(i) => cel::objects::Key::Int(i),
-                            Value::UInt(u) => cel::objects::Key::Uint(u),
-                            Value::Bool(b) => cel::objects::Key::Bool(b),
-                            Value::String(s) => cel::objects::Key::String(s),
-                            _ => continue,
-                        };
-                        map.insert(key, from_record_json(v));
-                    }
-                    Value::Map(cel::objects::Map { map: Arc::new(map) })
-                }
-                _ => Value::Null,
-            }
-        }
-        J::Object(o) => {
+        J::Object(o) => from_tagged(o).unwrap_or_else(|| {
             let map: HashMap<cel::objects::Key, Value> = o
                 .iter()
                 .map(|(k, v)| (cel::objects::Key::from(k.as_str()), from_record_json(v)))
                 .collect();
             Value::Map(cel::objects::Map { map: Arc::new(map) })
-        }
+        }),
         other => to_cel(other),
     }
+}
+
+/// The value a tagged object stands for (null when its content is not the tag's); `None`
+/// for an object that is no tag.
+fn from_tagged(o: &serde_json::Map<String, serde_json::Value>) -> Option<Value> {
+    use serde_json::Value as J;
+    if o.len() != 1 {
+        return None;
+    }
+    let (k, x) = o.iter().next()?;
+    let mut tag = k.chars();
+    if tag.next() != Some(TAG) {
+        return None;
+    }
+    Some(match (tag.next(), x) {
+        (Some('u'), J::Number(n)) => n.as_u64().map_or(Value::Null, Value::UInt),
+        (Some('f'), J::String(s)) => s.parse().map_or(Value::Null, Value::Float),
+        (Some('b'), J::Array(b)) => Value::Bytes(Arc::new(
+            b.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u8))
+                .collect(),
+        )),
+        (Some('d'), J::Number(n)) => n.as_i64().map_or(Value::Null, |n| {
+            Value::Duration(chrono::Duration::nanoseconds(n))
+        }),
+        (Some('t'), J::String(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s).map_or(Value::Null, Value::Timestamp)
+        }
+        (Some('m'), J::Array(pairs)) => {
+            let mut map = HashMap::with_capacity(pairs.len());
+            for p in pairs {
+                let J::Array(kv) = p else { continue };
+                let (Some(k), Some(v)) = (kv.first(), kv.get(1)) else {
+                    continue;
+                };
+                let key = match from_record_json(k) {
+                    Value::Int(i) => cel::objects::Key::Int(i),
+                    Value::UInt(u) => cel::objects::Key::Uint(u),
+                    Value::Bool(b) => cel::objects::Key::Bool(b),
+                    Value::String(s) => cel::objects::Key::String(s),
+                    _ => continue,
+                };
+                map.insert(key, from_record_json(v));
+            }
+            Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+        _ => Value::Null,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

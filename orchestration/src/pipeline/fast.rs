@@ -35,9 +35,6 @@ pub enum V<'a> {
     Map(Vec<(String, V<'a>)>),
     /// Unix seconds (a `timestamp` at whole seconds, in UTC).
     Ts(i64),
-    /// A field as the line has it, decoded when read (only ever in a slot: reading a slot
-    /// decodes it).
-    Raw(Raw<'a>),
 }
 
 impl<'a> V<'a> {
@@ -110,7 +107,6 @@ impl<'a> V<'a> {
             V::List(_) => Kind::List,
             V::Map(_) => Kind::Map,
             V::Ts(_) => Kind::Timestamp,
-            V::Raw(r) => V::from_raw(*r).map_or(Kind::Null, |v| v.kind()),
         }
     }
 
@@ -410,11 +406,11 @@ impl<'e, 'a> Env<'e, 'a> {
         match self.fields.get(i) {
             Some(Some(raw)) => Ok(Slot::Raw(*raw)),
             Some(None) => Ok(Slot::Absent),
-            None => match self.slots.get(i - self.fields.len()) {
-                Some(V::Raw(raw)) => Ok(Slot::Raw(*raw)),
-                Some(v) => Ok(Slot::Value(v)),
-                None => Err(Unsure),
-            },
+            None => self
+                .slots
+                .get(i - self.fields.len())
+                .map(Slot::Value)
+                .ok_or(Unsure),
         }
     }
 }
@@ -436,31 +432,27 @@ impl KeywordSet {
         }
     }
 
+    /// False when none of `texts` holds a needle of the prefilter (nothing can match).
+    fn may_match<'t>(&self, mut texts: impl Iterator<Item = &'t [u8]>) -> bool {
+        let Some(p) = &self.prefilter else {
+            return true;
+        };
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            texts.any(|t| p.may_match(t, &mut scratch))
+        })
+    }
+
     fn matches(&self, text: &str, tags: &[&str]) -> bool {
-        if let Some(p) = &self.prefilter {
-            let hit = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                p.may_match(text.as_bytes(), &mut scratch)
-                    || tags.iter().any(|t| p.may_match(t.as_bytes(), &mut scratch))
-            });
-            if !hit {
-                return false;
-            }
-        }
-        self.keywords.matches(text, tags)
+        let texts = std::iter::once(text).chain(tags.iter().copied());
+        self.may_match(texts.map(str::as_bytes)) && self.keywords.matches(text, tags)
     }
 
     /// [`KeywordSet::matches`] with the hashtags as the line has them (a JSON list): they
     /// are decoded only when the prefilter finds a needle in the text or in their JSON.
     fn matches_raw_tags(&self, text: &str, tags: Raw<'_>) -> Result<bool, Unsure> {
-        if let Some(p) = &self.prefilter {
-            let hit = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                p.may_match(text.as_bytes(), &mut scratch) || p.may_match(tags.0, &mut scratch)
-            });
-            if !hit {
-                return Ok(false);
-            }
+        if !self.may_match([text.as_bytes(), tags.0].into_iter()) {
+            return Ok(false);
         }
         let tags = V::from_raw(tags)?;
         Ok(self.keywords.matches(text, &text_items(&tags)?))

@@ -287,6 +287,7 @@ impl Pipeline {
             params: params_value.clone(),
             window,
             day_of_prefix: day_of_prefix.clone(),
+            fast_env: Default::default(),
         };
         let reduce = run::PipelineReduce {
             compiled: self.compiled.clone(),
